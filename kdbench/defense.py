@@ -224,6 +224,10 @@ class DefenseStack:
                 setattr(config, ARCHITECTURE_KEY, [*(getattr(config, ARCHITECTURE_KEY, None) or []), entry])
         return model
 
+    @property
+    def wraps_training(self) -> bool:
+        return bool(self._at("training"))
+
     def wrap_training(self, model: Any, optimizer: Any, scheduler: Any) -> tuple[Any, Any, Any]:
         for defense in self._at("training"):
             model, optimizer, scheduler = defense.wrap_training(model, optimizer, scheduler)

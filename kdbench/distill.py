@@ -23,6 +23,7 @@ from kdbench.training import (
     BatchHook,
     Encoded,
     LossFn,
+    OptimizerHook,
     TrainConfig,
     response_cross_entropy,
     shifted,
@@ -55,6 +56,7 @@ class DistillJob:
     reporter: Reporter = field(default_factory=NullReporter)
     label: str = "distilling"
     max_total_tokens: int = 512
+    micro_batch: int | None = None  # rows per forward pass (kdbench.memory); None: the whole batch
 
     @property
     def pad_id(self) -> int:
@@ -72,6 +74,11 @@ class DistillJob:
         if epochs is not None:
             config = replace(config, epochs=epochs)
         return config
+
+    @property
+    def optimizer_hook(self) -> OptimizerHook | None:
+        """The defenses' training wrapper, or None when no defense wraps training (so batches may be split)."""
+        return self.defenses.wrap_training if self.defenses.wraps_training else None
 
     @torch.no_grad()
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -116,7 +123,8 @@ class DistillJob:
             reporter=self.reporter,
             label=self.label,
             prepare=prepare,
-            optimizer_hook=self.defenses.wrap_training,
+            optimizer_hook=self.optimizer_hook,
+            micro_batch=self.micro_batch,
         )
 
     def train_steps(
@@ -140,7 +148,8 @@ class DistillJob:
             reporter=self.reporter,
             label=self.label,
             prepare=prepare,
-            optimizer_hook=self.defenses.wrap_training,
+            optimizer_hook=self.optimizer_hook,
+            micro_batch=self.micro_batch,
         )
 
 

@@ -56,6 +56,7 @@ class RunConfig:
     executor: str = "local"
     ray_address: str | None = None
     threads: int | None = None
+    micro_batch: int | None = None  # rows per forward pass when training (None: the whole batch)
 
     def grid(self) -> Grid:
         return Grid(
@@ -78,6 +79,7 @@ class RunConfig:
             "family": self.family,
             "data_dir": str(self.data_dir) if self.data_dir else None,
             "device": self.device,
+            "micro_batch": self.micro_batch,
         }
 
 
@@ -194,6 +196,7 @@ def make_context(
         student_ref=student_ref,
         trust_remote_code=config.trust_remote_code,
         reporter=reporter,
+        micro_batch=config.micro_batch,
         training_overrides=dict(get_family(config.family).training) if config.family else {},
         lora={"teacher": get_family(config.family).lora} if config.family and get_family(config.family).teacher_lora
         else {},

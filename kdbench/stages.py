@@ -61,6 +61,7 @@ class RunContext:
     reporter: Reporter = field(default_factory=NullReporter)
     training_overrides: dict[str, TrainConfig] = field(default_factory=dict)  # e.g. a model family's presets
     lora: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> LoRA settings (a family's teacher)
+    micro_batch: int | None = None  # rows per training forward pass; not in any cache key (same update)
     timings: dict[str, float] = field(default_factory=dict)
     _tokenizer: Any = None
     _tokenizer_id: dict[str, Any] = field(default_factory=dict)
@@ -170,7 +171,7 @@ class RunContext:
                 model = with_lora(model, int(lora["r"]), lora["alpha"], lora["dropout"])
             losses = train_loop(
                 model, self.encode(data), sft_loss, config, seed=self.seed, pad_id=self.tokenizer.pad_token_id,
-                device=self.device, reporter=self.reporter, label=f"training {label}",
+                device=self.device, reporter=self.reporter, label=f"training {label}", micro_batch=self.micro_batch,
             )
             if lora:
                 model = merged(model)
@@ -242,6 +243,7 @@ class RunContext:
                     reporter=self.reporter,
                     label=f"distilling {distiller_label} [{defense_label}]{part}",
                     max_total_tokens=self.task.models.max_total_tokens,
+                    micro_batch=self.micro_batch,
                 )
                 students.append(distiller.distill(job))
                 defenses.finish_student(index, students[-1])

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdbench.memory import run_in_chunks
 from kdbench.progress import NullReporter, Reporter
-from kdbench.training import Encoded, batches, shifted, to_device
+from kdbench.training import Encoded, collate, shifted, to_device
 
 STAT_NAMES = ("logprob", "mean_logprob", "var_logprob")
 
@@ -61,8 +62,9 @@ def compute_token_stats(
     model.eval()
     per_sample: dict[str, list[np.ndarray]] = {name: [np.empty(0)] * len(data) for name in STAT_NAMES}
     with torch.no_grad(), reporter.task(label, len(data)) as advance:
-        for idx, batch in batches(data, batch_size, pad_id, generator=None):
-            batch = to_device(batch, device)
+
+        def run(idx: list[int]) -> None:
+            batch = to_device(collate([data[i] for i in idx], pad_id), device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             targets, mask = shifted(batch)
             # Response positions only: prompts are most tokens, and the vocabulary-wide work shrinks with them.
@@ -75,10 +77,14 @@ def compute_token_stats(
                 "var_logprob": ((q_logq * logq).sum(-1) - mean.square()).clamp(min=0.0),
             }
             counts = mask.sum(1).tolist()  # logits[mask] is row-major: each row's response tokens, in order
-            for name, tensor in stats.items():
-                for i, chunk in zip(idx, tensor.double().cpu().split(counts), strict=True):
+            found = {name: tensor.double().cpu().split(counts) for name, tensor in stats.items()}
+            for name, chunks in found.items():  # stored only once the whole chunk is computed
+                for i, chunk in zip(idx, chunks, strict=True):
                     per_sample[name][i] = chunk.numpy()
             advance(len(idx))
+
+        # memory-aware: a chunk that does not fit is redone in halves (the statistics are per row)
+        run_in_chunks(len(data), batch_size, run, device=device, label=label, reporter=reporter)
     lengths = np.array([len(v) for v in per_sample["logprob"]], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = {name: np.concatenate(arrays) if arrays else np.empty(0) for name, arrays in per_sample.items()}

@@ -15,6 +15,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from kdbench.data import Example, PromptTemplate
+from kdbench.memory import OutOfMemory, RowBudget, is_out_of_memory, release, run_in_chunks, split_rows, token_shares
 from kdbench.progress import NullReporter, Reporter
 
 IGNORE = -100
@@ -149,12 +150,14 @@ def train_loop(
     label: str = "training",
     prepare: BatchHook | None = None,
     optimizer_hook: OptimizerHook | None = None,
+    micro_batch: int | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``config.epochs`` epochs; return the loss of every step.
 
     ``prepare(step, batch)`` may add tensors to a batch (e.g. cached teacher outputs by example index, which
     the loop provides as ``batch["index"]``) or replace it (e.g. with student samples); ``optimizer_hook``
-    lets a defense wrap model/optimizer/data (DP-SGD).
+    lets a defense wrap model/optimizer/data (DP-SGD). ``micro_batch`` caps the rows per forward pass (see
+    :func:`train_steps`).
     """
     if not data:
         raise ValueError(f"{label}: no training examples")
@@ -169,7 +172,7 @@ def train_loop(
     total = math.ceil(len(data) / config.batch_size) * config.epochs
     return train_steps(
         model, epochs(), total, loss_fn, config, seed=seed, device=device, reporter=reporter, label=label,
-        prepare=prepare, optimizer_hook=optimizer_hook,
+        prepare=prepare, optimizer_hook=optimizer_hook, micro_batch=micro_batch,
     )
 
 
@@ -186,12 +189,19 @@ def train_steps(
     label: str = "training",
     prepare: BatchHook | None = None,
     optimizer_hook: OptimizerHook | None = None,
+    micro_batch: int | None = None,
 ) -> list[float]:
     """The optimisation loop of :func:`train_loop` over ``total_steps`` batches drawn lazily from ``source``.
 
     For methods whose batches are made as training goes (MiniLLM's PPO rollouts, sampled from the student
     being trained): the batch of step t is only requested after step t − 1's update. ``config.epochs`` is not
     used; the cosine schedule spans ``total_steps``. Stops early if ``source`` runs out.
+
+    Memory-aware: each batch goes through the model ``micro_batch`` rows at a time (default: all of it), with
+    gradients accumulated over the pieces (:mod:`kdbench.memory`); on an out-of-memory error the step is
+    redone with half as many rows per piece. ``loss_fn`` must be a mean over the batch's response tokens for
+    this to equal the full-batch update. With an ``optimizer_hook`` (DP-SGD: per-sample clipping depends on
+    how the batch is cut) batches are never split and out-of-memory is an error that says what to lower.
     """
     reporter = reporter or NullReporter()
     if total_steps < 1:
@@ -209,6 +219,7 @@ def train_steps(
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if optimizer_hook is not None:
         model, optimizer, scheduler = optimizer_hook(model, optimizer, scheduler)
+    budget = RowBudget(label, micro_batch, reporter)
     losses: list[float] = []
     with reporter.task(label, total_steps) as advance:
         # range first: zip stops before asking ``source`` for a batch too many
@@ -216,19 +227,60 @@ def train_steps(
             if prepare is not None:
                 batch = prepare(step, batch)
             batch = to_device(batch, device)
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{label}: the loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            splittable = optimizer_hook is None
+            loss = _accumulate(model, batch, loss_fn, optimizer, budget, step, device, splittable=splittable)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
-            advance(1, loss=losses[-1])
+            losses.append(loss)
+            advance(1, loss=loss)
     model.eval()
     return losses
+
+
+def _accumulate(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    budget: RowBudget,
+    step: int,
+    device: torch.device,
+    *,
+    splittable: bool,
+) -> float:
+    """The gradients of one batch's loss in ``.grad`` (micro-batched as ``budget`` allows); its loss value."""
+    rows = int(batch["input_ids"].shape[0])
+    while True:
+        tried = budget.fit(rows) if splittable else rows
+        failed = False
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            pieces = split_rows(batch, tried)
+            shares = token_shares(pieces, IGNORE) if len(pieces) > 1 else [1.0]
+            total = 0.0
+            for piece, share in zip(pieces, shares, strict=True):
+                loss = loss_fn(model, piece)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{budget.label}: the loss became {loss.item()} at step {step}")
+                (loss * share if len(pieces) > 1 else loss).backward()
+                total += float(loss.detach()) * share
+            return total
+        except Exception as error:  # only out-of-memory is handled; the rest re-raises
+            if not is_out_of_memory(error):
+                raise
+            failed = True
+        if failed:  # outside the except: the traceback no longer pins the failed attempt's tensors
+            optimizer.zero_grad(set_to_none=True)
+            release(device)
+            if not splittable:
+                raise OutOfMemory(
+                    f"{budget.label}: a batch of {rows} rows does not fit in {device.type} memory, and a defense "
+                    "that wraps the optimizer (DP-SGD's per-sample clipping) cannot split it. Lower the stage's "
+                    "batch_size (the task's training section) or use a smaller model."
+                )
+            budget.shrink(tried, device)
 
 
 @torch.no_grad()
@@ -248,12 +300,12 @@ def generate(
     reporter = reporter or NullReporter()
     model.to(device)
     model.eval()
-    out: list[list[int]] = []
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths: less padding
     results: dict[int, list[int]] = {}
     with reporter.task(label, len(prompts)) as advance:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+
+        def run(positions: list[int]) -> None:
+            idx = [order[p] for p in positions]
             width = max(len(prompts[i]) for i in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
@@ -277,6 +329,9 @@ def generate(
                     tokens = tokens[: tokens.index(eos_id)]
                 results[i] = tokens
             advance(len(idx))
+
+        # memory-aware: a chunk that does not fit is redone in halves (greedy decoding is per row)
+        run_in_chunks(len(order), batch_size, run, device=device, label=label, reporter=reporter)
     out = [results[i] for i in range(len(prompts))]
     return out
 

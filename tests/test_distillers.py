@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 import torch
-from kdbench_plugins.distillers.minillm import ROLLOUT, MiniLLMParams, collect_rollouts, minillm_loss
+from kdbench_plugins.distillers.minillm import (
+    ROLLOUT,
+    MiniLLMParams,
+    collect_rollouts,
+    minillm_loss,
+    with_advantages,
+)
 
 from kdbench.cache import ArtifactCache
 from kdbench.errors import ParameterError
@@ -243,13 +249,13 @@ def test_minillm_gradient_comes_from_the_policy_gradient_plus_the_regulariser() 
     j = job(teacher=tiny_model(1), student=tiny_model(2))
     params = MiniLLMParams(max_new_tokens=5, whiten=False)
     rollouts = collect_rollouts(j, [e.prompt_ids for e in j.data[:4]], params, torch.Generator().manual_seed(0))
-    batch = rollouts.batch(range(4), j.pad_id)
+    batch = with_advantages(rollouts.batch(range(4), j.pad_id), whitened=False)
     j.student.eval()  # no dropout: the same forward pass in every computation below
     forward = j.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     targets, mask = shifted(batch)
 
     # zero advantages: the whole gradient is the single-step reverse-KL regulariser's
-    zero = {**batch, "pg_returns": torch.zeros_like(batch["pg_returns"])}
+    zero = with_advantages({**batch, "pg_returns": torch.zeros_like(batch["pg_returns"])}, whitened=False)
     got = minillm_gradients(j, zero, params)
     j.student.zero_grad()
     rkl(forward.logits[:, :-1], j.teacher_logits(batch)[:, :-1], mask).backward(retain_graph=True)

@@ -40,6 +40,8 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 @click.option("--address", "ray_address", help="With --executor ray: the cluster address [default: a local one].")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads per cell (results are identical for "
               "the same seed and thread count).")
+@click.option("--micro-batch", type=click.IntRange(min=1), help="Rows per training forward pass, gradients "
+              "accumulated to the recipe's batch [default: the whole batch, halved on out-of-memory].")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 def run(**options: Any) -> None:
     """Distil, attack and score: e.g. `kdbench run --distiller kd --attack loss,mink`."""
@@ -111,6 +113,7 @@ def build_config(options: dict[str, Any]) -> Any:
         executor=options.get("executor", "local"),
         ray_address=options.get("ray_address"),
         threads=options.get("threads"),
+        micro_batch=options.get("micro_batch"),
     )
 
 

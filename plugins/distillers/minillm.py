@@ -34,6 +34,7 @@ from kdbench.strategies import Observer
 from kdbench.training import Encoded, LossFn, collate, sft_loss, shifted, to_device
 
 OLD_LOGPROBS, WEIGHTS, RETURNS = "pg_old_logprobs", "pg_weights", "pg_returns"
+ADVANTAGES = "pg_advantages"
 ROLLOUT = "rollout"
 
 
@@ -142,9 +143,8 @@ def minillm_loss(job: DistillJob, params: MiniLLMParams) -> LossFn:
     def loss(model: Any, batch: dict[str, Tensor]) -> Tensor:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         targets, mask = shifted(batch)
-        advantages = whiten(batch[RETURNS], mask) if params.whiten else batch[RETURNS]
         logprobs = token_log_probs(logits, targets)
-        value = ppo_loss(logprobs, batch[OLD_LOGPROBS], batch[WEIGHTS], advantages, mask, params.clip)
+        value = ppo_loss(logprobs, batch[OLD_LOGPROBS], batch[WEIGHTS], batch[ADVANTAGES], mask, params.clip)
         if params.single_step_reg:
             value = value + rkl(logits, job.teacher_targets(batch), mask)
         return value
@@ -180,12 +180,20 @@ class MiniLLM:
             for _ in range(p.ppo_epochs):
                 order = torch.randperm(p.rollouts, generator=generator, device=generator.device).tolist()
                 for begin in range(0, len(order), size):
-                    yield rollouts.batch(order[begin : begin + size], job.pad_id)
+                    yield with_advantages(rollouts.batch(order[begin : begin + size], job.pad_id), p.whiten)
 
     def _observe(self, step: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         for observe in self.observers:
             observe(step, ROLLOUT, batch)
         return batch
+
+
+def with_advantages(batch: dict[str, Tensor], whitened: bool) -> dict[str, Tensor]:
+    """The minibatch's advantages: its returns, whitened over the whole minibatch. Computed here, before the
+    training loop may cut the minibatch into micro-batches, so the statistics stay the minibatch's."""
+    _, mask = shifted(batch)
+    batch[ADVANTAGES] = whiten(batch[RETURNS], mask) if whitened else batch[RETURNS]
+    return batch
 
 
 def _cycle(items: Sequence[tuple[int, ...]], generator: torch.Generator) -> Iterator[tuple[int, ...]]:

@@ -39,7 +39,8 @@ class SFT:
         train_loop(
             job.student, job.data, sft_loss, job.with_overrides(self.params.lr, self.params.epochs),
             seed=job.seed, pad_id=job.pad_id, device=job.device, reporter=job.reporter, label=job.label,
-            prepare=GroundTruth(self.observers), optimizer_hook=job.defenses.wrap_training,
+            prepare=GroundTruth(self.observers), optimizer_hook=job.optimizer_hook,
+            micro_batch=job.micro_batch,
         )
         return job.student
 
