@@ -68,3 +68,20 @@ def test_second_identical_run_trains_nothing_and_agrees(small_run_dir: Path, tin
     second = {(r["target"], r["attack"]): r["auc"] for r in load_records([out])}
     assert first == second
     assert "0 artifacts built" in result.output
+
+
+def test_micro_batch_is_used_and_recorded(small_run_dir: Path, tiny_task: Path, tmp_path: Path,
+                                          cache_dir: Path) -> None:
+    """`--micro-batch` trains the new student two rows at a time (the cached teacher is reused) and run.json
+    records it; memory.py's tests show the cut leaves the update unchanged."""
+    out = tmp_path / "micro"
+    result = CliRunner().invoke(
+        main, ["run", "--task", str(tiny_task), "--distiller", "kd:epochs=1", "--attack", "loss", "--out", str(out),
+               "--micro-batch", "2"],
+        env={"KDBENCH_CACHE_DIR": str(cache_dir)},
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["command"]["micro_batch"] == 2
+    assert any(key.startswith("model/") for key in info["cache"]["builds"])  # a student was trained
+    assert {r["target"] for r in load_records([out])} == {"teacher", "baseline", "student"}
