@@ -4,7 +4,8 @@
 
 Both start from one warm cache holding the teacher and baseline (built first, untimed), so the figures compare
 how the executors run the cells. Ray gets a local instance with 2 CPUs and each cell 1 thread; the local executor
-runs cells one after another with 1 thread, so results are identical (checked here).
+runs cells one after another with 1 thread, so results are identical (checked here). For reference it also
+times the local executor with as many torch threads as Ray has workers (results may differ in the last bits).
 """
 
 from __future__ import annotations
@@ -50,12 +51,16 @@ def main() -> None:
         # Copy the warm cache (teacher + baseline) so that each executor starts from the same state.
         subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/local-cache"], check=True)
         subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/ray-cache"], check=True)
+        subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/threads-cache"], check=True)
         local = run([*base, "--out", f"{tmp}/local"], {**env, "KDBENCH_CACHE_DIR": f"{tmp}/local-cache"})
+        threaded = [*base[:-1], "2", "--out", f"{tmp}/threads"]
+        local_threads = run(threaded, {**env, "KDBENCH_CACHE_DIR": f"{tmp}/threads-cache"})
         ray = run([*base, "--executor", "ray", "--out", f"{tmp}/ray"],
                   {**env, "KDBENCH_CACHE_DIR": f"{tmp}/ray-cache"}, ray=True)
         same = aucs(Path(tmp) / "local") == aucs(Path(tmp) / "ray")
     print(f"grid: task {args.task}, distillers {args.distiller}, seeds {args.seeds}, attack loss")
     print(f"local executor (1 thread):         {local:7.1f} s")
+    print(f"local executor (2 threads):        {local_threads:7.1f} s")
     print(f"ray executor (2 workers x 1 cpu):  {ray:7.1f} s   (includes Ray start-up)")
     print(f"identical results: {same}")
 

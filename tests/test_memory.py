@@ -124,13 +124,13 @@ def test_out_of_memory_halves_the_rows_and_keeps_the_update(examples: list[Any])
 
 
 def test_one_row_that_does_not_fit_is_a_clear_error(examples: list[Any]) -> None:
-    with pytest.raises(OutOfMemory, match="a single example does not fit in cpu memory.*max_total_tokens"):
+    with pytest.raises(OutOfMemory, match=r"a single example does not fit in cpu memory.*max_total_tokens"):
         trained(examples, fits=0, label="training teacher")
 
 
 def test_an_unsplittable_loop_says_what_to_lower(examples: list[Any]) -> None:
     """With an optimizer hook (DP-SGD's per-sample clipping) the batch is never cut."""
-    with pytest.raises(OutOfMemory, match="batch of 8 rows.*cannot split it.*batch_size"):
+    with pytest.raises(OutOfMemory, match=r"batch of 8 rows.*cannot split it.*batch_size"):
         trained(examples, fits=4, optimizer_hook=lambda m, o, s: (m, o, s))
 
 

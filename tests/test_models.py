@@ -54,3 +54,32 @@ def test_run_with_teacher_and_student_from_disk(tiny_pretrained: Path, tiny_task
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["model"] for r in records} == {str(tiny_pretrained)}
     assert len(records) == 3
+
+
+def test_the_bf16_path_trains_and_scores_finitely(tiny_pretrained: Path, tmp_path: Path) -> None:
+    """What a pretrained checkpoint goes through on a bf16 CUDA device (no GPU here; torch runs bf16 on the
+    CPU too): loaded in bf16, fine-tuned, saved and reloaded in bf16, then scored and decoded. The losses and
+    token statistics must stay finite and the statistics be computed in float (log-softmax in float32)."""
+    from kdbench.data import PromptTemplate
+    from kdbench.tokenstats import compute_token_stats
+    from kdbench.training import TrainConfig, encode, sft_loss, train_loop
+    from kdbench.training import generate as decode
+
+    tokenizer = models.load_tokenizer(tiny_pretrained)
+    model = models.init_model(str(tiny_pretrained), tokenizer, seed=0, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    template = PromptTemplate("{instruction}\n{context}\n", "{instruction}\n")
+    data = encode(generate(3, 10, 24), tokenizer, template, max_prompt=48, max_total=96)
+    cpu = torch.device("cpu")
+    losses = train_loop(model, data, sft_loss, TrainConfig(lr=1e-3, epochs=2, batch_size=8), seed=0,
+                        pad_id=tokenizer.pad_token_id, device=cpu)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    models.save_model(model, tokenizer, tmp_path / "bf16")
+    again = models.load_model(tmp_path / "bf16", cpu)
+    assert {p.dtype for p in again.parameters()} == {torch.bfloat16}
+    stats = compute_token_stats(again, data, pad_id=tokenizer.pad_token_id, device=cpu)
+    assert all(v.dtype.kind == "f" and v.size and bool((abs(v) < 1e6).all()) for v in stats.values.values())
+    assert (stats.values["logprob"] <= 0).all()
+    out = decode(again, [e.prompt_ids for e in data[:4]], max_new_tokens=5, pad_id=tokenizer.pad_token_id,
+                   eos_id=tokenizer.eos_token_id, device=cpu)
+    assert len(out) == 4
