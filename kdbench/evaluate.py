@@ -45,6 +45,7 @@ class TargetEvaluation:
     distiller: Resolved | None = None
     defenses: list[Resolved] = field(default_factory=list)
     memorization_report: MemorizationReport | None = None
+    rouge_l_samples: np.ndarray | None = None  # per eval sample, for paired CIs of defended − undefended
 
 
 def run_attacks(
@@ -104,10 +105,11 @@ class Evaluator:
         with ctx.timed("attacks"):
             results, all_scores = run_attacks(self.attacks, scoring, n, seed=ctx.seed, n_resamples=ev.bootstrap)
         report = self._memorization(target, trained, results, all_scores)
-        rouge, rouge_ci = self._utility(trained)
+        per_sample = self._utility(trained)
+        rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
         return TargetEvaluation(
-            target, trained, rouge, rouge_ci, report.summary(), results, all_scores, [e.id for e in self.samples],
-            n, memorization_report=report,
+            target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
+            [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
         )
 
     def memorization_rates(self, trained: TrainedModel) -> np.ndarray:
@@ -139,12 +141,12 @@ class Evaluator:
                               self.agreement_fpr)
         return MemorizationReport([e.id for e in self.samples], rates, n, self.threshold, teacher_rates, found)
 
-    def _utility(self, trained: TrainedModel) -> tuple[float, tuple[float, float]]:
+    def _utility(self, trained: TrainedModel) -> np.ndarray:
+        """Per-sample ROUGE-L of the greedy continuations of the eval prompts."""
         ev = self.ctx.task.evaluation
         generated = self.ctx.generations(trained, self.eval_examples, ev.max_new_tokens)
         predictions = self.ctx.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        per_sample = metrics.rouge_l_per_sample(predictions, [e.response for e in self.eval_examples])
-        return float(per_sample.mean()), metrics.mean_ci(per_sample, seed=self.ctx.seed, n_resamples=ev.bootstrap)
+        return metrics.rouge_l_per_sample(predictions, [e.response for e in self.eval_examples])
 
 
 def _checked_scores(attack: Resolved, inputs: AttackInputs, n: int) -> np.ndarray:

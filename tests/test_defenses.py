@@ -313,6 +313,7 @@ def test_every_defense_on_the_tiny_task(tmp_path: Path, cache_dir: Path) -> None
     for d in deltas:
         assert d["delta_auc_ci"][0] <= d["delta_auc"] <= d["delta_auc_ci"][1]
         assert d["delta_rouge_l_ci"][0] <= d["delta_rouge_l"] <= d["delta_rouge_l_ci"][1]
+        assert d["utility_ci"] == "paired bootstrap"
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     students = {r["defense"]: r for r in records if r["target"] == "student"}
     assert set(students) == defended | {"none"}
