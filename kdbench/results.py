@@ -18,6 +18,8 @@ from kdbench.errors import KdbenchError
 
 SCHEMA_VERSION = 1
 TARGETS = ("teacher", "baseline", "student")
+PER_BLOCK_FILE = "per_block.json"  # written beside results.jsonl by `kdbench analyze blocks --run DIR`
+PER_BLOCK_FIELD = "per_block_auc"  # provenance field: AUC per transformer block of the record's model
 
 
 @dataclass
@@ -135,7 +137,15 @@ def validate_record(obj: Any) -> list[str]:
     for key, value in obj.items():
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"field {key!r} is not a finite number")
+    blocks = obj["provenance"].get(PER_BLOCK_FIELD)
+    if blocks is not None and not _unit_list(blocks):
+        problems.append(f"field 'provenance.{PER_BLOCK_FIELD}' must be a non-empty list of AUCs within [0, 1]")
     return problems
+
+
+def _unit_list(values: Any) -> bool:
+    return (isinstance(values, list) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values))
 
 
 def results_files(paths: Iterable[Path]) -> list[Path]:
@@ -171,5 +181,38 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """All records of the given results files or run directories, validated."""
-    return [record for path in results_files(paths) for record in iter_records(path)]
+    """All records of the given results files or run directories, validated, with the analyses found beside
+    each file attached (:func:`attach_per_block`)."""
+    records = []
+    for path in results_files(paths):
+        found = list(iter_records(path))
+        attach_per_block(found, path.parent / PER_BLOCK_FILE)
+        records += found
+    return records
+
+
+def attach_per_block(records: list[dict[str, Any]], path: Path) -> int:
+    """Copy each model's per-block AUCs from ``path`` (a per_block.json) into ``provenance.per_block_auc`` of
+    the records of that model (matched by ``provenance.model_key``), so they travel with the records into a
+    published results file and onto the leaderboard. Returns how many records got them."""
+    if not path.exists():
+        return 0
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        targets = data["targets"]
+        by_key = {t["model_key"]: t[PER_BLOCK_FIELD] for t in targets}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsFileError(
+            f"{path}: not a per-block report of `kdbench analyze blocks` ({type(exc).__name__}: {exc}); "
+            "rerun the analysis or move the file away."
+        ) from None
+    for key, values in by_key.items():
+        if not _unit_list(values):
+            raise ResultsFileError(f"{path}: the per-block AUCs of model {key} are not AUCs within [0, 1].")
+    attached = 0
+    for record in records:
+        values = by_key.get(record["provenance"].get("model_key"))
+        if values is not None:
+            record["provenance"][PER_BLOCK_FIELD] = list(values)
+            attached += 1
+    return attached

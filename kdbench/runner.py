@@ -421,6 +421,7 @@ class _RunState:
             "teacher_model": ctx.teacher_ref,
             "student_model": ctx.student_ref,
             "packages": environment()["packages"],
+            "model_key": evaluation.trained.key,  # links the record to analyses of that model (per_block.json)
         }
         key = f"{ctx.task.name}:{ctx.seed}:{ctx.teacher_ref}:{ctx.student_ref}"
         self.contexts[key] = {

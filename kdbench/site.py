@@ -44,7 +44,7 @@ from kdbench.ranking import (
     merge_records,
     replicate_of,
 )
-from kdbench.results import ResultRecord, load_records, results_files
+from kdbench.results import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
 
 if sys.version_info >= (3, 11):
     from importlib.resources.abc import Traversable
@@ -54,7 +54,6 @@ else:
 MEMBER_TEXT_FIELDS = frozenset({"examples", "samples"})
 SITE_MARKER = ".kdbench-leaderboard"
 RESERVED_NAMES = frozenset({"index.html", "results.jsonl", "entries"})  # names the site itself uses
-PER_BLOCK_FIELD = "per_block_auc"
 KNOWN_FIELDS = frozenset({f.name for f in dataclasses.fields(ResultRecord)} | {"tpr_at_0.1pct_fpr"})
 MAX_ROC_POINTS = 200
 

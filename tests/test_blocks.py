@@ -138,3 +138,44 @@ def test_analyze_a_finished_run(small_run_dir: Path, tmp_path: Path) -> None:
     assert sorted(t["target"] for t in data["targets"]) == ["baseline", "student", "teacher"]
     assert all(t["n_blocks"] == 1 and t["architecture"] == "gpt2" for t in data["targets"])
     assert data["n_members"] == data["n_nonmembers"] == 30
+
+
+@pytest.mark.slow
+def test_per_block_risk_reaches_the_records_and_the_leaderboard(small_run_dir: Path, tmp_path: Path) -> None:
+    """`analyze blocks --run DIR` writes DIR/per_block.json; loading DIR's results attaches each model's AUCs
+    to that model's records (by provenance.model_key), and the leaderboard's entry page draws them."""
+    import shutil
+
+    from kdbench.results import load_records
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run_dir, run)  # the session's run stays as it was
+    before = load_records([run])
+    assert all("per_block_auc" not in r["provenance"] and r["provenance"]["model_key"] for r in before)
+    result = CliRunner().invoke(main, ["analyze", "blocks", "--run", str(run), "--copies", "1", "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "per_block.json").read_text())
+    by_key = {t["model_key"]: t["per_block_auc"] for t in report["targets"]}
+    records = load_records([run])
+    assert all(r["provenance"]["per_block_auc"] == by_key[r["provenance"]["model_key"]] for r in records)
+
+    site = tmp_path / "site"
+    result = CliRunner().invoke(main, ["leaderboard", "build", str(run), "--out", str(site)])
+    assert result.exit_code == 0, result.output
+    pages = [p.read_text(encoding="utf-8") for p in site.glob("*/entries/*.html")]
+    assert pages and all("Per-block privacy risk" in page for page in pages)
+
+
+def test_a_broken_per_block_file_names_itself(small_run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kdbench.results import ResultsFileError, load_records
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run_dir, run)
+    (run / "per_block.json").write_text('{"targets": [{"model_key": "x", "per_block_auc": [1.5]}]}')
+    with pytest.raises(ResultsFileError, match=r"per_block\.json: the per-block AUCs of model x"):
+        load_records([run])
+    (run / "per_block.json").write_text("{not json")
+    with pytest.raises(ResultsFileError, match=r"per_block\.json: not a per-block report"):
+        load_records([run])
