@@ -108,6 +108,23 @@ def _complete(cache: Path) -> set[str]:
     return {p.parent.name for p in (cache / "model").glob("*/spec.json")} if (cache / "model").exists() else set()
 
 
+def _frozen(proc: subprocess.Popen[str]) -> bool:
+    """SIGSTOP ``proc`` and wait until the kernel shows it stopped; False if it has already exited."""
+    proc.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{proc.pid}/stat")
+    for _ in range(200):
+        if proc.poll() is not None:
+            return False
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        if state in ("T", "t"):
+            return True
+        time.sleep(0.005)
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_grid_resumes_without_retraining(reference: Path, tmp_path: Path, sig: signal.Signals) -> None:
@@ -116,14 +133,19 @@ def test_killed_grid_resumes_without_retraining(reference: Path, tmp_path: Path,
     deadline = time.time() + 300
     while time.time() < deadline:  # kill while a model is being trained, after at least one has finished
         if _complete(cache) and list((cache / "model").glob(".tmp-*")):
-            break
+            # Freeze it, then look again: on a loaded machine the build seen above may have finished (even the
+            # whole run) before the signal would land. Only a run frozen mid-build is interrupted.
+            if _frozen(proc) and _complete(cache) and list((cache / "model").glob(".tmp-*")):
+                break
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     else:
         pytest.fail("the run never reached a second training stage")
     finished_before = _complete(cache)
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    proc.send_signal(signal.SIGCONT)  # a SIGINT is handled once the process runs again
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, output[-4000:]
 
     again = kdbench([*GRID_ARGS, "--out", str(out)], cache)
     output, _ = again.communicate(timeout=600)
