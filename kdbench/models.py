@@ -97,9 +97,22 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=EOS, bos_token=EOS)
 
 
+def resolve_ref(ref: str | Path) -> str:
+    """``ref`` as transformers should see it: a path form (absolute, ./, ../, ~) expanded and required to exist
+    (the hub would only say it is not a valid repository id); anything else as given (a directory or a name)."""
+    text = str(ref)
+    if not text.startswith(("/", "./", "../", "~")):
+        return text
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise KdbenchError(f"{text}: no such model directory. Pass an existing directory written by "
+                           "save_pretrained, or a Hugging Face model name.")
+    return str(path)
+
+
 def load_tokenizer(ref: str | Path, trust_remote_code: bool = False) -> Any:
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(ref), trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_ref(ref), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KdbenchError(f"Cannot load a tokenizer from {ref}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -140,10 +153,11 @@ def load_model(
 
     if defense.is_defended(ref):
         return defense.load_defended(ref, device, trust_remote_code)
+    source = resolve_ref(ref)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
-            str(ref), use_safetensors=True, trust_remote_code=trust_remote_code, **({"dtype": dtype} if dtype else {})
+            source, use_safetensors=True, trust_remote_code=trust_remote_code, **({"dtype": dtype} if dtype else {})
         )
     except (OSError, ValueError, KeyError) as exc:
         hint = " (offline: HF_HUB_OFFLINE=1)" if offline else ""

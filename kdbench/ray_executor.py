@@ -1,6 +1,9 @@
-"""Run cells as Ray tasks (an existing engine, not a home-made scheduler): each cell asks for the CPUs/GPUs it
-needs, artifacts go to the shared cache directory, and results equal the local executor's for the same seeds
-and the same number of torch threads per cell."""
+"""Run a grid on Ray (an existing engine, not a home-made scheduler). Every group's teacher-and-baseline and
+every cell is a Ray task asking for the CPUs/GPUs it needs; a cell task depends on its group's base task, so
+Ray starts it as soon as that teacher exists, and groups proceed side by side (a cluster is never idle while
+one teacher trains). Artifacts go to the shared cache directory, whose locks make concurrent builds of the same
+artifact safe. Results equal the local executor's for the same seeds and the same number of torch threads per
+task."""
 
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ from kdbench.errors import KdbenchError
 
 if TYPE_CHECKING:
     from kdbench.cache import ArtifactCache
+    from kdbench.evaluate import Resolved
     from kdbench.grid import Cell
     from kdbench.plugins import Registry
-    from kdbench.runner import CellOutcome, RunConfig
-    from kdbench.stages import RunContext, TrainedModel
+    from kdbench.runner import CellOutcome, GroupBase, RunConfig
+    from kdbench.stages import RunContext
 
 
 def ray_executor(config: RunConfig, cache: ArtifactCache) -> Any:
@@ -22,7 +26,7 @@ def ray_executor(config: RunConfig, cache: ArtifactCache) -> Any:
         import ray
     except ImportError:
         raise KdbenchError("--executor ray needs Ray: pip install 'kdbench[ray]'.") from None
-    from kdbench.runner import run_cell
+    from kdbench.runner import run_cell_after, run_group_base
 
     if not ray.is_initialized():
         ray.init(
@@ -31,15 +35,26 @@ def ray_executor(config: RunConfig, cache: ArtifactCache) -> Any:
             log_to_driver=False,
             ignore_reinit_error=True,
         )
-    gpus = 1 if config.device == "cuda" else 0
-    remote_cell: Any = ray.remote(run_cell).options(num_cpus=config.threads or 1, num_gpus=gpus, max_retries=0)
+    resources = {"num_cpus": config.threads or 1, "num_gpus": 1 if config.device == "cuda" else 0, "max_retries": 0}
+    remote_base: Any = ray.remote(run_group_base).options(**resources)
+    remote_cell: Any = ray.remote(run_cell_after).options(**resources)
 
     def execute(
-        cells: list[Cell], teacher: TrainedModel, ctx: RunContext, registry: Registry
-    ) -> Iterator[CellOutcome]:
-        pending = [remote_cell.remote(config, cell, teacher, cache_root=cache.root) for cell in cells]
-        for ref in pending:  # in grid order, so results.jsonl is ordered like the local executor's
-            outcome: CellOutcome = ray.get(ref)
-            yield outcome
+        groups: list[tuple[list[Cell], RunContext]], attacks: list[Resolved], registry: Registry
+    ) -> Iterator[GroupBase | CellOutcome]:
+        submitted: list[tuple[Any, list[Any]]] = []
+        for cells, _ctx in groups:  # every task at once: Ray runs each when its inputs and resources are there
+            base = remote_base.remote(config, cells[0], cache_root=cache.root)
+            submitted.append((base, [remote_cell.remote(config, cell, base, cache_root=cache.root) for cell in cells]))
+        try:
+            for base, outcomes in submitted:  # in grid order: results.jsonl is ordered like the local executor's
+                yield ray.get(base)
+                for ref in outcomes:
+                    yield ray.get(ref)
+        except BaseException:  # an interrupted or failed driver leaves no work running on the cluster
+            for base, outcomes in submitted:
+                for ref in (base, *outcomes):
+                    ray.cancel(ref, force=True)
+            raise
 
     return execute

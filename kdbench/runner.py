@@ -96,6 +96,17 @@ class CellOutcome:
 
 
 @dataclass
+class GroupBase:
+    """What a group's cells share: its trained teacher, and the teacher's and baseline's evaluations; or the
+    error that stopped them (then every cell of the group fails with it)."""
+
+    teacher: TrainedModel | None = None
+    evaluations: list[TargetEvaluation] = field(default_factory=list)
+    error: str | None = None
+    detail: str | None = None
+
+
+@dataclass
 class RunResult:
     out: Path
     evaluations: list[TargetEvaluation]
@@ -203,6 +214,60 @@ def make_context(
     )
 
 
+def _failure(exc: BaseException, prefix: str = "") -> tuple[str, str]:
+    """(message for the summary, traceback for run.json) of an exception that stopped a group or a cell."""
+    message = str(exc) if isinstance(exc, KdbenchError) else f"{type(exc).__name__}: {exc}"
+    return prefix + message, traceback.format_exc()
+
+
+def run_group_base(
+    config: RunConfig,
+    cell: Cell,
+    attacks: list[Resolved] | None = None,
+    ctx: RunContext | None = None,
+    cache_root: Path | None = None,
+) -> GroupBase:
+    """Train (or load) the teacher and the no-KD baseline of ``cell``'s group and attack both; never raises for
+    their own failures (they are the outcome)."""
+    try:
+        if ctx is None:
+            _set_threads(config)
+            cache = ArtifactCache(cache_root) if cache_root else ArtifactCache()
+            ctx = make_context(config, cell, cache, NullReporter())
+        attacks = attacks if attacks is not None else resolve(get_registry(), "attacks", config.attacks)
+        members, nonmembers = attack_samples(ctx.task, ctx.splits)
+        evaluate = Evaluator(ctx, members, nonmembers, attacks)
+        teacher = ctx.teacher()
+        evaluations = [evaluate("teacher", teacher), evaluate("baseline", ctx.baseline())]
+        return GroupBase(teacher, evaluations)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        error, detail = _failure(exc, "teacher/baseline failed: ")
+        return GroupBase(error=error, detail=detail)
+
+
+def run_cell_after(
+    config: RunConfig,
+    cell: Cell,
+    base: GroupBase,
+    registry: Registry | None = None,
+    ctx: RunContext | None = None,
+    cache_root: Path | None = None,
+) -> CellOutcome:
+    """:func:`run_cell` once its group's base is there; the cell fails with the base's error if it failed."""
+    if base.teacher is None:
+        return CellOutcome(cell, error=base.error, detail=base.detail)
+    return run_cell(config, cell, base.teacher, registry=registry, ctx=ctx, cache_root=cache_root)
+
+
+def _set_threads(config: RunConfig) -> None:
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+
+
 def run_cell(
     config: RunConfig,
     cell: Cell,
@@ -216,10 +281,7 @@ def run_cell(
     try:
         registry = registry or get_registry()
         if ctx is None:
-            if config.threads:
-                import torch
-
-                torch.set_num_threads(config.threads)
+            _set_threads(config)
             cache = ArtifactCache(cache_root) if cache_root else ArtifactCache()
             ctx = make_context(config, cell, cache, NullReporter())
         distiller = resolve(registry, "distillers", [cell.distiller])[0]
@@ -238,8 +300,8 @@ def run_cell(
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        message = str(exc) if isinstance(exc, KdbenchError) else f"{type(exc).__name__}: {exc}"
-        return CellOutcome(cell, error=message, detail=traceback.format_exc(), seconds=time.perf_counter() - start)
+        error, detail = _failure(exc)
+        return CellOutcome(cell, error=error, detail=detail, seconds=time.perf_counter() - start)
 
 
 def defense_report(defenses: DefenseStack, student: TrainedModel, evaluator: Evaluator) -> dict[str, Any]:
@@ -315,10 +377,7 @@ class Runner:
         start = time.perf_counter()
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         config = self.config
-        if config.threads:
-            import torch
-
-            torch.set_num_threads(config.threads)
+        _set_threads(config)
         # Everything that can be wrong with the command fails here, before any training.
         distillers = expand(self.registry, "distillers", config.distillers)
         resolve(self.registry, "distillers", distillers)
@@ -344,26 +403,26 @@ class Runner:
 
         state = _RunState(out=out, config=config, attacks=attacks, started=started)
         splits_memo: dict[Any, Any] = {}
+        groups: list[tuple[list[Cell], RunContext]] = []
         for _group, group_cells in itertools.groupby(grid.cells(), key=lambda c: c.group):
             cells = list(group_cells)
-            try:
-                ctx = make_context(config, cells[0], self.cache, self.reporter, splits_memo)
-                members, nonmembers = attack_samples(ctx.task, ctx.splits)
-                evaluate = Evaluator(ctx, members, nonmembers, attacks)
-                teacher = ctx.teacher()
-                state.add(evaluate("teacher", teacher), ctx)
-                state.add(evaluate("baseline", ctx.baseline()), ctx)
+            try:  # task data and splits, no training: a group whose data cannot be read fails here
+                groups.append((cells, make_context(config, cells[0], self.cache, self.reporter, splits_memo)))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                message = str(exc) if isinstance(exc, KdbenchError) else f"{type(exc).__name__}: {exc}"
-                for cell in cells:
-                    state.failures.append(
-                        CellOutcome(cell, error=f"teacher/baseline failed: {message}", detail=traceback.format_exc())
-                    )
+                state.fail_group(cells, _failure(exc, "teacher/baseline failed: "))
                 state.write(self.cache, time.perf_counter() - start)
-                continue
-            for outcome in executor(cells, teacher, ctx, self.registry):
+        events = executor(groups, attacks, self.registry)
+        for cells, ctx in groups:
+            base = next(events)
+            assert isinstance(base, GroupBase)
+            if base.error is None:
+                for evaluation in base.evaluations:
+                    state.add(evaluation, ctx)
+            for _cell in cells:
+                outcome = next(events)
+                assert isinstance(outcome, CellOutcome)
                 if outcome.evaluation is not None:
                     state.add(outcome.evaluation, ctx, outcome.defense_report)
                 else:
@@ -380,17 +439,23 @@ class Runner:
         )
 
 
-Executor = Any  # Callable[[list[Cell], TrainedModel, RunContext, Registry], Iterator[CellOutcome]]
+Executor = Any
+"""``executor(groups, attacks, registry)`` yields, group by group in grid order, the group's :class:`GroupBase`
+and then one :class:`CellOutcome` per cell (cells of a failed group fail with its error). How and where the work
+runs (in this process, one cell at a time; or Ray tasks, groups and cells at once) is the executor's business."""
 
 
 def _executor(config: RunConfig, cache: ArtifactCache) -> Executor:
     if config.executor == "local":
 
         def local(
-            cells: list[Cell], teacher: TrainedModel, ctx: RunContext, registry: Registry
-        ) -> Iterator[CellOutcome]:
-            for cell in cells:
-                yield run_cell(config, cell, teacher, registry=registry, ctx=ctx)
+            groups: list[tuple[list[Cell], RunContext]], attacks: list[Resolved], registry: Registry
+        ) -> Iterator[GroupBase | CellOutcome]:
+            for cells, ctx in groups:
+                base = run_group_base(config, cells[0], attacks, ctx)
+                yield base
+                for cell in cells:
+                    yield run_cell_after(config, cell, base, registry=registry, ctx=ctx)
 
         return local
     if config.executor == "ray":
@@ -438,6 +503,10 @@ class _RunState:
             for label, m in evaluation.attacks.items()
         ]
         write_scores(self.out, evaluation)
+
+    def fail_group(self, cells: Sequence[Cell], failure: tuple[str, str]) -> None:
+        error, detail = failure
+        self.failures += [CellOutcome(cell, error=error, detail=detail) for cell in cells]
 
     def merge_timings(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():

@@ -186,3 +186,37 @@ def test_ray_executor_matches_local(reference: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert numbers(tmp_path / "out") == numbers(reference)
+
+
+RAY_MAIN = (  # a local 2-CPU Ray instance, then the CLI
+    "import ray, sys; ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False);"
+    "from kdbench.cli import main; sys.exit(main())"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_failed_teacher_fails_its_group_only(tmp_path: Path, executor: str) -> None:
+    """Two groups (two student bases): the second's base cannot be loaded, so its baseline, and with it its
+    cells, fail with that reason; the first group's records are complete, and the exit status is 1."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    missing = tmp_path / "no-such-model"
+    args = ["run", "--task", TINY, "--distiller", "kd,sft", "--attack", "loss", "--threads", "1",
+            "--student", f"builtin:gpt2-micro,{missing}", "--executor", executor, "--out", str(tmp_path / "out")]
+    prefix = [sys.executable, "-c", RAY_MAIN] if executor == "ray" else [sys.executable, "-m", "kdbench"]
+    env = {**os.environ, "KDBENCH_CACHE_DIR": str(tmp_path / "cache"), "RAY_ADDRESS": "",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([*prefix, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    records = load_records([tmp_path / "out"])
+    assert {r["provenance"]["student_model"] for r in records} == {"builtin:gpt2-micro"}
+    assert sorted((r["target"], r["distiller"]) for r in records) == [
+        ("baseline", None), ("student", "kd"), ("student", "sft"), ("teacher", None)]
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert len(info["failures"]) == 2
+    for failure in info["failures"]:
+        assert failure["error"].startswith("teacher/baseline failed: ")
+        assert f"{missing}: no such model directory" in failure["error"]
+        assert "Traceback" in failure["traceback"]
+    assert "2 cell(s) failed" in proc.stdout
