@@ -54,9 +54,16 @@ def numbers(out: Path) -> dict[tuple, tuple]:
     }
 
 
+def _interruptible() -> None:
+    """Give the child the default SIGINT disposition. A test suite started in the background by a
+    non-interactive shell (`cmd &`) inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt:
+    the interrupted run would just finish."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def kdbench(args: list[str], cache: Path, **kwargs: object) -> subprocess.Popen[str]:
     env = {**os.environ, "KDBENCH_CACHE_DIR": str(cache)}
-    return subprocess.Popen([sys.executable, "-m", "kdbench", *args], env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "kdbench", *args], env=env, text=True, preexec_fn=_interruptible,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)  # type: ignore[call-overload]
 
 
