@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from kdbench.memory import run_in_chunks
 from kdbench.objectives import TopKLogProbs
 from kdbench.params import params_dict
 from kdbench.training import Encoded, collate, to_device
@@ -163,19 +164,27 @@ def compute_teacher_outputs(
     job.teacher.to(job.device)
     rows: list[tuple[Tensor, Tensor]] = [(torch.empty(0), torch.empty(0))] * len(data)
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))  # similar lengths: less padding
-    with job.reporter.task(f"teacher outputs (top-{k})", len(data)) as advance:
-        for begin in range(0, len(order), batch_size):
-            chunk = order[begin : begin + batch_size]
+    label = f"teacher outputs (top-{k})"
+    with job.reporter.task(label, len(data)) as advance:
+
+        def run(positions: list[int]) -> None:
+            chunk = [order[p] for p in positions]
             batch = to_device(collate([data[i] for i in chunk], job.pad_id), job.device)
             logits = job.teacher_logits(batch)[:, :-1]
             top = TopKLogProbs.from_logits(logits, min(k, logits.shape[-1]))
+            found = []
             for row, i in enumerate(chunk):
                 start, n = len(data[i].prompt_ids) - 1, len(data[i].response_ids)
-                rows[i] = (
+                found.append((
                     top.indices[row, start : start + n].to("cpu", torch.int32),
                     top.logprobs[row, start : start + n].to("cpu", torch.float32),
-                )
+                ))
+            for i, pair in zip(chunk, found, strict=True):  # stored only once the whole chunk is computed
+                rows[i] = pair
             advance(len(chunk))
+
+        # memory-aware: a chunk that does not fit is redone in halves (the outputs are per row)
+        run_in_chunks(len(order), batch_size, run, device=job.device, label=label, reporter=job.reporter)
     lengths = torch.tensor([len(e.response_ids) for e in data], dtype=torch.long)
     return TeacherOutputs(
         indices=torch.cat([r[0] for r in rows]),

@@ -220,6 +220,9 @@ def train_steps(
     if optimizer_hook is not None:
         model, optimizer, scheduler = optimizer_hook(model, optimizer, scheduler)
     budget = RowBudget(label, micro_batch, reporter)
+    if micro_batch is not None and optimizer_hook is not None:
+        reporter.log(f"{label}: micro-batches are off (a defense wraps the optimizer: DP-SGD clips per sample); "
+                     f"each batch of {config.batch_size} rows goes through whole")
     losses: list[float] = []
     with reporter.task(label, total_steps) as advance:
         # range first: zip stops before asking ``source`` for a batch too many

@@ -196,3 +196,22 @@ def test_a_distiller_gives_the_same_student_when_its_batches_are_cut(
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     assert_same_weights(student(None), student(1))
+
+
+def test_teacher_outputs_are_unchanged_by_out_of_memory() -> None:
+    from kdbench.teacher_outputs import compute_teacher_outputs
+    from tests.distill_helpers import job
+
+    j = job(teacher=tiny_model(1))
+    reference = compute_teacher_outputs(j, j.data, k=16, batch_size=16)
+    device = Device(j.teacher, rows=3)
+    fitted = compute_teacher_outputs(j, j.data, k=16, batch_size=16)
+    assert device.seen[:3] == [16, 8, 4] and max(device.seen[3:]) == 2
+    assert torch.equal(fitted.indices, reference.indices) and torch.equal(fitted.offsets, reference.offsets)
+    torch.testing.assert_close(fitted.logprobs, reference.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unsplittable_loop_says_it_ignores_the_micro_batch(examples: list[Any]) -> None:
+    log = Log()
+    trained(examples, micro_batch=2, optimizer_hook=lambda m, o, s: (m, o, s), reporter=log)
+    assert len(log.messages) == 1 and "micro-batches are off" in log.messages[0]
