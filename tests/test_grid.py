@@ -227,3 +227,32 @@ def test_a_failed_teacher_fails_its_group_only(tmp_path: Path, executor: str) ->
         assert f"{missing}: no such model directory" in failure["error"]
         assert "Traceback" in failure["traceback"]
     assert "2 cell(s) failed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_interrupted_ray_grid_resumes(reference: Path, tmp_path: Path) -> None:
+    """Ctrl-C on the Ray driver while its tasks build models: it exits non-zero (cancelling what still runs);
+    the same command again completes with the uninterrupted local run's results and leaves no half-built
+    artifact."""
+    pytest.importorskip("ray")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {**os.environ, "KDBENCH_CACHE_DIR": str(cache), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-c", RAY_MAIN, *GRID_ARGS, "--executor", "ray", "--out", str(out)]
+    proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=_interruptible)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if _complete(cache) and list((cache / "model").glob(".tmp-*")):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the Ray run never reached a second training stage")
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, output[-4000:]
+    assert "Interrupted" in output
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert numbers(out) == numbers(reference)
+    assert not list((cache / "model").glob(".tmp-*"))
