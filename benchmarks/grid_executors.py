@@ -44,20 +44,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--cold", action="store_true", help="start both executors from an empty cache")
     args = parser.parse_args()
-    base = ["run", "--task", args.task, "--distiller", args.distiller, "--attack", "loss", "--seed", args.seeds,
-            "--threads", "1"]
+    grid = ["run", "--task", args.task, "--distiller", args.distiller, "--attack", "loss", "--seed", args.seeds]
+    base = [*grid, "--threads", "1"]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "KDBENCH_CACHE_DIR": str(Path(tmp) / "warm"), "RAY_USAGE_STATS_ENABLED": "0"}
         (Path(tmp) / "warm").mkdir()
         if not args.cold:  # a cell outside the timed grid, so that only the teachers and baselines are shared
-            run([*base[:3], "--distiller", "kd:kd_ratio=0.99", "--attack", "loss", "--seed", args.seeds,
-                 "--out", f"{tmp}/w"], env)
+            warm = ["run", "--task", args.task, "--distiller", "kd:kd_ratio=0.99", "--attack", "loss"]
+            run([*warm, "--seed", args.seeds, "--out", f"{tmp}/w"], env)
         # Copy the warm cache (teacher + baseline) so that each executor starts from the same state.
         subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/local-cache"], check=True)
         subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/ray-cache"], check=True)
         subprocess.run(["cp", "-r", f"{tmp}/warm", f"{tmp}/threads-cache"], check=True)
         local = run([*base, "--out", f"{tmp}/local"], {**env, "KDBENCH_CACHE_DIR": f"{tmp}/local-cache"})
-        threaded = [*base[:-1], "2", "--out", f"{tmp}/threads"]
+        threaded = [*grid, "--threads", "2", "--out", f"{tmp}/threads"]
         local_threads = run(threaded, {**env, "KDBENCH_CACHE_DIR": f"{tmp}/threads-cache"})
         ray = run([*base, "--executor", "ray", "--out", f"{tmp}/ray"],
                   {**env, "KDBENCH_CACHE_DIR": f"{tmp}/ray-cache"}, ray=True)

@@ -99,6 +99,18 @@ def token_shares(pieces: Sequence[dict[str, Any]], ignore_index: int) -> list[fl
     return [c / total for c in counts]
 
 
+def fits(work: Callable[..., object], *args: Any) -> bool:
+    """Run ``work(*args)``; False if the device ran out of memory (any other error propagates). The caller
+    frees memory after this returns: by then the traceback no longer pins the failed attempt's tensors."""
+    try:
+        work(*args)
+    except Exception as error:  # only out-of-memory is handled; the rest re-raises
+        if not is_out_of_memory(error):
+            raise
+        return False
+    return True
+
+
 def run_in_chunks(
     n: int,
     batch_size: int,
@@ -116,15 +128,8 @@ def run_in_chunks(
     start = 0
     while start < n:
         chunk = list(range(start, min(n, start + budget.fit(batch_size))))
-        failed = False
-        try:
-            process(chunk)
-        except Exception as error:  # only out-of-memory is handled; the rest re-raises
-            if not is_out_of_memory(error):
-                raise
-            failed = True
-        if failed:  # outside the except: the traceback no longer pins the failed attempt's tensors
+        if fits(process, chunk):
+            start += len(chunk)
+        else:
             release(device)
             budget.shrink(len(chunk), device)
-        else:
-            start += len(chunk)

@@ -35,9 +35,9 @@ def ray_executor(config: RunConfig, cache: ArtifactCache) -> Any:
             log_to_driver=False,
             ignore_reinit_error=True,
         )
-    resources = {"num_cpus": config.threads or 1, "num_gpus": 1 if config.device == "cuda" else 0, "max_retries": 0}
-    remote_base: Any = ray.remote(run_group_base).options(**resources)
-    remote_cell: Any = ray.remote(run_cell_after).options(**resources)
+    options = {"num_cpus": config.threads or 1, "num_gpus": 1 if config.device == "cuda" else 0, "max_retries": 0}
+    remote_base: Any = ray.remote(run_group_base).options(**options)
+    remote_cell: Any = ray.remote(run_cell_after).options(**options)
 
     def execute(
         groups: list[tuple[list[Cell], RunContext]], attacks: list[Resolved], registry: Registry

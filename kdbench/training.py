@@ -15,7 +15,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from kdbench.data import Example, PromptTemplate
-from kdbench.memory import OutOfMemory, RowBudget, is_out_of_memory, release, run_in_chunks, split_rows, token_shares
+from kdbench.memory import OutOfMemory, RowBudget, fits, release, run_in_chunks, split_rows, token_shares
 from kdbench.progress import NullReporter, Reporter
 
 IGNORE = -100
@@ -257,33 +257,40 @@ def _accumulate(
     rows = int(batch["input_ids"].shape[0])
     while True:
         tried = budget.fit(rows) if splittable else rows
-        failed = False
-        try:
-            optimizer.zero_grad(set_to_none=True)
-            pieces = split_rows(batch, tried)
-            shares = token_shares(pieces, IGNORE) if len(pieces) > 1 else [1.0]
-            total = 0.0
-            for piece, share in zip(pieces, shares, strict=True):
-                loss = loss_fn(model, piece)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{budget.label}: the loss became {loss.item()} at step {step}")
-                (loss * share if len(pieces) > 1 else loss).backward()
-                total += float(loss.detach()) * share
-            return total
-        except Exception as error:  # only out-of-memory is handled; the rest re-raises
-            if not is_out_of_memory(error):
-                raise
-            failed = True
-        if failed:  # outside the except: the traceback no longer pins the failed attempt's tensors
-            optimizer.zero_grad(set_to_none=True)
-            release(device)
-            if not splittable:
-                raise OutOfMemory(
-                    f"{budget.label}: a batch of {rows} rows does not fit in {device.type} memory, and a defense "
-                    "that wraps the optimizer (DP-SGD's per-sample clipping) cannot split it. Lower the stage's "
-                    "batch_size (the task's training section) or use a smaller model."
-                )
-            budget.shrink(tried, device)
+        pieces = split_rows(batch, tried)
+        shares = token_shares(pieces, IGNORE) if len(pieces) > 1 else [1.0]  # one piece: no device sync
+        losses: list[float] = []
+        if fits(_backward, model, loss_fn, pieces, shares, optimizer, losses, budget.label, step):
+            return sum(losses)
+        optimizer.zero_grad(set_to_none=True)
+        release(device)
+        if not splittable:
+            raise OutOfMemory(
+                f"{budget.label}: a batch of {rows} rows does not fit in {device.type} memory, and a defense "
+                "that wraps the optimizer (DP-SGD's per-sample clipping) cannot split it. Lower the stage's "
+                "batch_size (the task's training section) or use a smaller model."
+            )
+        budget.shrink(tried, device)
+
+
+def _backward(
+    model: Any,
+    loss_fn: LossFn,
+    pieces: Sequence[dict[str, torch.Tensor]],
+    shares: Sequence[float],
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    label: str,
+    step: int,
+) -> None:
+    """Fresh gradients of Σ share·loss(piece) in ``.grad``; each piece's weighted loss appended to ``losses``."""
+    optimizer.zero_grad(set_to_none=True)
+    for piece, share in zip(pieces, shares, strict=True):
+        loss = loss_fn(model, piece)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{label}: the loss became {loss.item()} at step {step}")
+        (loss * share).backward()
+        losses.append(float(loss.detach()) * share)
 
 
 @torch.no_grad()

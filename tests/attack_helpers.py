@@ -4,12 +4,13 @@ configs, trained in seconds, saved to disk and reloaded (no downloads). Built on
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from kdbench import models, synthetic
@@ -102,3 +103,20 @@ def auc(scores: np.ndarray, n_members: int) -> float:
     from kdbench.metrics import roc_auc
 
     return roc_auc(scores[:n_members], scores[n_members:])
+
+
+# --- autouse fixtures: a module that imports one gets it for each of its tests (`world` is in conftest.py) ----
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread_own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One thread, and a cache of the test's own (for tests that count what was built)."""
+    monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    with single_thread():
+        yield

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from click.testing import CliRunner
 
 from kdbench.cli import main
+
+if TYPE_CHECKING:
+    from tests.attack_helpers import AttackWorld
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_TASK = FIXTURES / "tiny-task.yaml"
@@ -41,3 +45,11 @@ def small_run_dir(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     )
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> AttackWorld:
+    """The attack tests' memorising target and its samples (tests/attack_helpers.py), built once."""
+    from tests.attack_helpers import attack_world
+
+    return attack_world(tmp_path_factory.getbasetemp() / "attack-world")

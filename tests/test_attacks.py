@@ -7,7 +7,6 @@ import copy
 import math
 import random
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,22 +20,17 @@ from kdbench.params import build_params, parse_specs
 from kdbench.plugins import get_registry
 from kdbench.protocols import AttackInputs
 from kdbench.scoring import ScoringContext, ShadowRecipe, neighbour_rng, neighbour_text
-from kdbench.testing import single_thread
 from kdbench.training import Encoded
-from tests.attack_helpers import SHADOW, AttackWorld, attack_world, auc, log_softmax, token_logprobs
+from tests.attack_helpers import (
+    SHADOW,
+    AttackWorld,
+    auc,
+    log_softmax,
+    one_thread,  # noqa: F401 - autouse fixture
+    token_logprobs,
+)
 
 RTOL, ATOL = 1e-4, 1e-6
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> AttackWorld:
-    return attack_world(tmp_path_factory.getbasetemp() / "attack-world")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,7 @@ from kdbench.blocks import per_block_risk, perturbed, transformer_blocks
 from kdbench.cache import ArtifactCache
 from kdbench.cli import main
 from kdbench.errors import KdbenchError
-from kdbench.testing import single_thread
-from tests.attack_helpers import AttackWorld, attack_world
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> AttackWorld:
-    return attack_world(tmp_path_factory.getbasetemp() / "attack-world")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    with single_thread():
-        yield
+from tests.attack_helpers import AttackWorld, one_thread_own_cache  # noqa: F401 - autouse fixture
 
 
 def configs(vocab: int) -> dict[str, tuple[PretrainedConfig, str, int]]:

@@ -138,7 +138,7 @@ def test_killed_grid_resumes_without_retraining(reference: Path, tmp_path: Path,
     cache, out = tmp_path / "cache", tmp_path / "out"
     proc = kdbench([*GRID_ARGS, "--out", str(out)], cache)
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill while a model is being trained, after at least one has finished
+    while time.time() < deadline and proc.poll() is None:  # kill mid-training, after one model has finished
         if _complete(cache) and list((cache / "model").glob(".tmp-*")):
             # Freeze it, then look again: on a loaded machine the build seen above may have finished (even the
             # whole run) before the signal would land. Only a run frozen mid-build is interrupted.

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kdbench.memory import OutOfMemory, is_out_of_memory, split_rows, token_shares
+from kdbench.progress import NullReporter
 from kdbench.tokenstats import compute_token_stats
 from kdbench.training import IGNORE, TrainConfig, collate, generate, sft_loss, train_loop
 from tests.distill_helpers import data, single_thread, tiny_model  # noqa: F401 - single_thread is autouse
@@ -37,17 +38,14 @@ class Device:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {ids.shape[0]} rows (simulated)")
 
 
-class Log:
+class Log(NullReporter):
+    """A reporter that keeps what the loop logs."""
+
     def __init__(self) -> None:
         self.messages: list[str] = []
 
     def log(self, message: str) -> None:
         self.messages.append(message)
-
-    def task(self, description: str, total: int) -> Any:
-        from kdbench.progress import NullReporter
-
-        return NullReporter().task(description, total)
 
 
 @pytest.fixture

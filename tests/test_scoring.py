@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +16,9 @@ from kdbench.plugins import get_registry
 from kdbench.protocols import AttackInputs, Need
 from kdbench.runner import resolve
 from kdbench.scoring import ScoringContext, mean_logprob, scoring_context
-from kdbench.testing import single_thread
-from tests.attack_helpers import AttackWorld, attack_world
+from tests.attack_helpers import AttackWorld, one_thread  # noqa: F401 - autouse fixture
 
 CHEAP = ("loss,zlib,mink,mink++,lowercase,neighbourhood:n_neighbours=2,recall,dc-pdd,gradnorm,mope:copies=2")
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> AttackWorld:
-    return attack_world(tmp_path_factory.getbasetemp() / "attack-world")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with single_thread():
-        yield
 
 
 def attacks(spec: str) -> list[Resolved]:
