@@ -25,17 +25,21 @@ from pathlib import Path
 
 import torch
 
-from kdbench import models, synthetic
-from kdbench.audit import AuditHost
-from kdbench.cache import ArtifactCache
-from kdbench.data import Example, PromptTemplate
-from kdbench.params import parse_specs
-from kdbench.plugins import get_registry
-from kdbench.protocols import AttackInputs, Need
-from kdbench.runner import RunConfig, Runner, resolve
-from kdbench.scoring import ScoringContext, external_model
+from kdbench.analysis.audit import AuditHost
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.data import Example, PromptTemplate
+from kdbench.core.params import parse_specs
+from kdbench.core.registry import get_registry
+from kdbench.models import hub as models
+from kdbench.run.config import RunConfig
+from kdbench.run.plan import resolve
+from kdbench.run.runner import Runner
+from kdbench.scoring.context import ScoringContext, external_model
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.needs import Need
+from kdbench.tasks import synthetic
 from kdbench.testing import TINY_TASK_YAML
-from kdbench.training import batches
+from kdbench.training.loop import batches
 
 MODEL = "builtin:gpt2-tiny-teacher"  # the default task's teacher
 

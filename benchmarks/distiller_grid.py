@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from kdbench.tasks import find_task
+from kdbench.tasks.manifest import find_task
 
 TARGET_COLD_S = 15 * 60
 SMALL = {

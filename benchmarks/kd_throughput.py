@@ -24,15 +24,16 @@ from typing import Any
 
 import torch
 
-from kdbench import models
-from kdbench.cache import ArtifactCache
-from kdbench.distill import DistillJob, distillation_loss
-from kdbench.objectives import get_objective
-from kdbench.stages import RunContext
-from kdbench.strategies import GroundTruth
-from kdbench.tasks import load_task, make_splits
-from kdbench.teacher_outputs import DEFAULT_TOP_K, TeacherOutputs, attached, teacher_outputs
-from kdbench.training import batches, chain, sft_loss, shifted, to_device, train_loop
+from kdbench.core.cache import ArtifactCache
+from kdbench.distill.job import DistillJob, attached, distillation_loss
+from kdbench.distill.strategies import GroundTruth
+from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, TeacherOutputs, teacher_outputs
+from kdbench.models import hub as models
+from kdbench.run.context import RunContext
+from kdbench.tasks.manifest import load_task
+from kdbench.tasks.splits import make_splits
+from kdbench.training.loop import batches, chain, sft_loss, shifted, to_device, train_loop
+from kdbench.training.objectives import get_objective
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kdbench.results import ResultRecord
-from kdbench.site import build_site
+from kdbench.leaderboard.site import build_site
+from kdbench.results.records import ResultRecord
 
 ATTACKS = ("loss", "zlib", "mink", "mink++", "reference")
 SEEDS = range(5)

@@ -2,7 +2,7 @@
 
     python benchmarks/loss_mink_cost.py [--repeats 5]
 
-Both attacks read the per-token statistics of a single batched pass (kdbench.tokenstats); this prints
+Both attacks read the per-token statistics of a single batched pass (kdbench.scoring.tokenstats); this prints
 (statistics pass + both attacks) / (plain forward pass), measured side by side on the default task's teacher
 architecture and attack samples. Target (issue 2): <= 1.1.
 """
@@ -15,14 +15,15 @@ import time
 
 import torch
 
-from kdbench import models
-from kdbench.params import build_params
-from kdbench.plugins import get_registry
-from kdbench.protocols import AttackInputs
-from kdbench.runner import attack_samples
-from kdbench.tasks import load_task, make_splits
-from kdbench.tokenstats import compute_token_stats
-from kdbench.training import batches, encode, to_device
+from kdbench.core.params import build_params
+from kdbench.core.registry import get_registry
+from kdbench.models import hub as models
+from kdbench.run.cells import attack_samples
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.tokenstats import compute_token_stats
+from kdbench.tasks.manifest import load_task
+from kdbench.tasks.splits import make_splits
+from kdbench.training.loop import batches, encode, to_device
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Peak memory and time of one training epoch with the whole batch vs micro-batches (kdbench.memory).
+"""Peak memory and time of one training epoch with the whole batch vs micro-batches (kdbench.training.memory).
 
 Each setting runs in a fresh process (peak RSS is a per-process high-water mark): the default task's teacher
 architecture is initialised, the distillation data encoded, and then one epoch of cross-entropy is trained with
@@ -23,11 +23,12 @@ from dataclasses import replace
 def child(micro: int | None, batch_size: int, examples: int, threads: int) -> None:
     import torch
 
-    from kdbench import models
-    from kdbench.cache import ArtifactCache
-    from kdbench.stages import RunContext
-    from kdbench.tasks import load_task, make_splits
-    from kdbench.training import sft_loss, train_loop
+    from kdbench.core.cache import ArtifactCache
+    from kdbench.models import hub as models
+    from kdbench.run.context import RunContext
+    from kdbench.tasks.manifest import load_task
+    from kdbench.tasks.splits import make_splits
+    from kdbench.training.loop import sft_loss, train_loop
 
     torch.set_num_threads(threads)
     task = load_task("synthetic-pii")

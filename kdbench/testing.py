@@ -35,19 +35,24 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench import metrics, models, synthetic
-from kdbench.cache import ArtifactCache, spec_key
-from kdbench.data import Example, PromptTemplate, content_hash
-from kdbench.defense import STAGES, DefenseBase, DefenseContext, DefenseStack, model_config
-from kdbench.distill import DistillJob, distillation_loss
-from kdbench.errors import KdbenchError, unknown_name_message
-from kdbench.params import build_params, params_dict
-from kdbench.plugins import KINDS, build_registry
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import ScoringContext, ScoringHost, ShadowRecipe
-from kdbench.stages import TrainedModel
-from kdbench.tokenstats import TokenStats, compute_token_stats
-from kdbench.training import Encoded, TrainConfig, encode, sft_loss, train_loop
+from kdbench.core.cache import ArtifactCache, spec_key
+from kdbench.core.data import Example, PromptTemplate, content_hash
+from kdbench.core.errors import KdbenchError, unknown_name_message
+from kdbench.core.params import build_params, params_dict
+from kdbench.core.registry import KINDS, build_registry
+from kdbench.core.types import Encoded, TrainConfig, TrainedModel
+from kdbench.defense.base import STAGES, DefenseBase, DefenseContext
+from kdbench.defense.stack import DefenseStack
+from kdbench.distill.job import DistillJob, distillation_loss
+from kdbench.evaluation import metrics
+from kdbench.models import hub as models
+from kdbench.models.hub import model_config
+from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.needs import Need
+from kdbench.scoring.tokenstats import TokenStats, compute_token_stats
+from kdbench.tasks import synthetic
+from kdbench.training.loop import encode, sft_loss, train_loop
 
 __all__ = [
     "TINY_TASK_YAML",
@@ -155,7 +160,7 @@ class TinyWorld:
 
     @property
     def host(self) -> KitHost:
-        """The :class:`kdbench.scoring.ScoringHost` that serves every attack need on this world."""
+        """The :class:`kdbench.scoring.context.ScoringHost` that serves every attack need on this world."""
         if self._host is None:
             self._host = KitHost(self)
         return self._host
@@ -390,7 +395,7 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def _check_model_runs(check: str, model: Any, world: TinyWorld, what: str) -> None:
     """A forward pass gives finite next-token logits over the tokenizer's vocabulary."""
-    from kdbench.training import collate
+    from kdbench.training.loop import collate
 
     batch = collate(world.encode(world.public[:2]), world.pad_id)
     try:
@@ -611,7 +616,7 @@ def _defended_state(cls: Any, params: Any, world: TinyWorld) -> dict[str, torch.
         raise _fail("check_defense[stages]", str(exc)) from exc
     selected = _step(check, cls, "check, prepare and select_data", lambda: _selected(stack, world))
     if not all(isinstance(e, Example) for e in selected):
-        raise _fail(check, f"{_label(cls)}.select_data returned something other than kdbench.data.Example objects.")
+        raise _fail(check, f"{_label(cls)}.select_data returned something other than Example objects.")
     shards = _step(check, cls, "shards", lambda: stack.shards(selected))
     students = [_step(check, cls, "training", functools.partial(_shard_student, stack, world, i, shard))
                 for i, shard in enumerate(shards)]
@@ -653,7 +658,7 @@ def _shard_student(stack: DefenseStack, world: TinyWorld, index: int, shard: lis
 
 def check_registered(kind: str, name: str) -> Any:
     """Check that an installed entry point registers ``name`` as a ``kind`` (singular or plural); return its
-    :class:`kdbench.plugins.PluginInfo` (class, distribution, version, entry point)."""
+    :class:`kdbench.core.registry.PluginInfo` (class, distribution, version, entry point)."""
     plural = kind if kind in KINDS else f"{kind}s" if f"{kind}s" in KINDS else None
     if plural is None:
         raise ValueError(f"kind must be one of {', '.join(KINDS)} (or their singular), got {kind!r}")
@@ -703,7 +708,7 @@ def kdbench_attack_inputs(kdbench_world: TinyWorld) -> tuple[AttackInputs, np.nd
 
 @pytest.fixture
 def kdbench_distill_job(kdbench_world: TinyWorld) -> DistillJob:
-    """A :class:`kdbench.distill.DistillJob` with a fresh student, the teacher and the public data."""
+    """A :class:`kdbench.distill.job.DistillJob` with a fresh student, the teacher and the public data."""
     return kdbench_world.distill_job()
 
 

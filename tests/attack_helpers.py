@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench import models, synthetic
-from kdbench.audit import TEXT, AuditHost, encode_text
-from kdbench.cache import ArtifactCache
-from kdbench.data import Example
-from kdbench.scoring import ScoringContext, external_model
+from kdbench.analysis.audit import TEXT, AuditHost, encode_text
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.data import Example
+from kdbench.core.types import Encoded, TrainConfig
+from kdbench.models import hub as models
+from kdbench.scoring.context import ScoringContext, external_model
+from kdbench.tasks import synthetic
 from kdbench.testing import single_thread
-from kdbench.training import Encoded, TrainConfig, sft_loss, train_loop
+from kdbench.training.loop import sft_loss, train_loop
 
 SEED = 5
 N = 16  # members, non-members and reference texts each
@@ -100,7 +102,7 @@ def token_logprobs(model: Any, encoded: Encoded) -> np.ndarray:
 
 
 def auc(scores: np.ndarray, n_members: int) -> float:
-    from kdbench.metrics import roc_auc
+    from kdbench.evaluation.metrics import roc_auc
 
     return roc_auc(scores[:n_members], scores[n_members:])
 

@@ -15,11 +15,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kdbench import models, synthetic
-from kdbench.cache import ArtifactCache
-from kdbench.data import PromptTemplate
-from kdbench.distill import DistillJob
-from kdbench.training import Encoded, TrainConfig, encode
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.data import PromptTemplate
+from kdbench.core.types import Encoded, TrainConfig
+from kdbench.distill.job import DistillJob
+from kdbench.models import hub as models
+from kdbench.tasks import synthetic
+from kdbench.training.loop import encode
 
 TEMPLATE = PromptTemplate(
     "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:\n",
@@ -98,7 +100,7 @@ def job(
     seed: int = 0,
     defenses: Any = None,
 ) -> DistillJob:
-    from kdbench.defense import DefenseStack
+    from kdbench.defense.stack import DefenseStack
 
     return DistillJob(
         teacher=teacher if teacher is not None else tiny_model(1),

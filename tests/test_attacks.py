@@ -15,12 +15,13 @@ import torch
 from kdbench_plugins.attacks.lira import lira_scores
 from scipy.stats import norm
 
-from kdbench import models
-from kdbench.params import build_params, parse_specs
-from kdbench.plugins import get_registry
-from kdbench.protocols import AttackInputs
-from kdbench.scoring import ScoringContext, ShadowRecipe, neighbour_rng, neighbour_text
-from kdbench.training import Encoded
+from kdbench.core.params import build_params, parse_specs
+from kdbench.core.registry import get_registry
+from kdbench.core.types import Encoded
+from kdbench.models import hub as models
+from kdbench.scoring.context import ScoringContext, ShadowRecipe
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.variants import neighbour_rng, neighbour_text
 from tests.attack_helpers import (
     SHADOW,
     AttackWorld,

@@ -18,11 +18,13 @@ from transformers import (
     PretrainedConfig,
 )
 
-from kdbench import metrics, models
-from kdbench.blocks import per_block_risk, perturbed, transformer_blocks
-from kdbench.cache import ArtifactCache
+from kdbench.analysis.blocks import per_block_risk
 from kdbench.cli import main
-from kdbench.errors import KdbenchError
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.errors import KdbenchError
+from kdbench.evaluation import metrics
+from kdbench.models import hub as models
+from kdbench.models.perturb import perturbed, transformer_blocks
 from tests.attack_helpers import AttackWorld, one_thread_own_cache  # noqa: F401 - autouse fixture
 
 
@@ -132,7 +134,7 @@ def test_per_block_risk_reaches_the_records_and_the_leaderboard(small_run_dir: P
     to that model's records (by provenance.model_key), and the leaderboard's entry page draws them."""
     import shutil
 
-    from kdbench.results import load_records
+    from kdbench.results.records import load_records
 
     run = tmp_path / "run"
     shutil.copytree(small_run_dir, run)  # the session's run stays as it was
@@ -155,7 +157,7 @@ def test_per_block_risk_reaches_the_records_and_the_leaderboard(small_run_dir: P
 def test_a_broken_per_block_file_names_itself(small_run_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from kdbench.results import ResultsFileError, load_records
+    from kdbench.results.records import ResultsFileError, load_records
 
     run = tmp_path / "run"
     shutil.copytree(small_run_dir, run)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.cache import ArtifactCache, atomic_write_text
+from kdbench.core.cache import ArtifactCache, atomic_write_text
 
 
 def test_build_then_hit(tmp_path: Path) -> None:

@@ -12,22 +12,27 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdbench import models
-from kdbench.cache import ArtifactCache
 from kdbench.cli import main
-from kdbench.data import Example
-from kdbench.defense import DefenseBase, DefenseStack, instantiate, is_defended
-from kdbench.deltas import paired_risk_delta, utility_delta
-from kdbench.distill import DistillJob
-from kdbench.errors import KdbenchError, PluginError
-from kdbench.grid import Cell
-from kdbench.params import PluginSpec, parse_specs
-from kdbench.plugins import get_registry
-from kdbench.progress import NullReporter
-from kdbench.protocols import NoParams
-from kdbench.runner import RunConfig, attack_samples, check_defenses, defense_stacks, make_context
-from kdbench.stages import RunContext
-from kdbench.training import generate, sft_loss
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.data import Example
+from kdbench.core.errors import KdbenchError, PluginError
+from kdbench.core.params import PluginSpec, parse_specs
+from kdbench.core.plugin import NoParams
+from kdbench.core.progress import NullReporter
+from kdbench.core.registry import get_registry
+from kdbench.defense.base import DefenseBase
+from kdbench.defense.stack import DefenseStack
+from kdbench.distill.job import DistillJob
+from kdbench.models import hub as models
+from kdbench.models.defended import instantiate, is_defended
+from kdbench.results.deltas import paired_risk_delta, utility_delta
+from kdbench.run.cells import attack_samples, make_context
+from kdbench.run.config import RunConfig
+from kdbench.run.context import RunContext
+from kdbench.run.grid import Cell
+from kdbench.run.plan import check_defenses, defense_stacks
+from kdbench.run.student import build_student
+from kdbench.training.loop import generate, sft_loss
 from tests.conftest import TINY_TASK
 from tests.distill_helpers import tiny_model, tokenizer
 
@@ -104,7 +109,7 @@ def test_hooks_run_at_their_stages_in_order(ctx: RunContext) -> None:
     teacher = ctx.teacher()
     samples = attack_samples(ctx.task, ctx.splits)
     stack = DefenseStack([Recorder(NoParams())])
-    student = ctx.student(teacher, Memorise(), "memorise", stack, "recorder", samples)
+    student = build_student(ctx, teacher, Memorise(), "memorise", stack, "recorder", samples)
     n = len(ctx.distillation_data()) - 2
     assert Recorder.calls == [
         "check gpt2 memorise", f"prepare {len(samples[0])}", "select_data", "shards",
@@ -118,7 +123,7 @@ def test_ensemble_trains_k_students_on_disjoint_shards_and_round_trips(ctx: RunC
     Memorise.seen.clear()
     stack = DefenseStack([instantiate("ensemble", {"k": 2, "min_class_fraction": 0.2})])
     samples = attack_samples(ctx.task, ctx.splits)
-    student = ctx.student(ctx.teacher(), Memorise(), "memorise", stack, "ensemble", samples)
+    student = build_student(ctx, ctx.teacher(), Memorise(), "memorise", stack, "ensemble", samples)
     first, second = Memorise.seen
     assert first and second and not first & second
     assert first | second == {e.input_ids for e in ctx.encode(ctx.distillation_data())}
@@ -165,7 +170,7 @@ def test_greedy_fallback_matches_hf_generate() -> None:
     ("ensemble+ensemble", "appears twice"),
     ("redlist+temperature", "both post-process"),
     ("ensemble+redlist", "both post-process"),
-    ("none+nonorm", "'none' means no defense"),
+    ("none+nonorm", "'none' acts at no stage"),
 ])
 def test_stacks_that_do_not_compose_are_refused(stack: str, message: str) -> None:
     defenses = [instantiate(spec.name, {}) for spec in parse_specs(stack.replace("+", ","))]
@@ -195,7 +200,7 @@ def test_unknown_architecture_or_distiller_is_refused_up_front(monkeypatch: pyte
     from transformers import GPTNeoConfig
 
     registry = get_registry()
-    monkeypatch.setattr("kdbench.runner.model_config", lambda ref, trust: GPTNeoConfig())
+    monkeypatch.setattr("kdbench.run.plan.model_config", lambda ref, trust: GPTNeoConfig())
     with pytest.raises(KdbenchError, match="bottleneck does not know the FFN of a 'gpt_neo' model"):
         check_defenses(registry, [(PluginSpec("bottleneck"),)], [PluginSpec("kd")], {"some/gpt-neo"}, False)
     with pytest.raises(KdbenchError, match="sft distiller never reads the teacher"):

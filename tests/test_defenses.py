@@ -23,15 +23,20 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from kdbench import models, synthetic
 from kdbench.cli import main
-from kdbench.data import Example
-from kdbench.defense import DefenseContext, DefenseStack, instantiate
-from kdbench.errors import KdbenchError
-from kdbench.plugins import get_registry
-from kdbench.runner import attack_samples
-from kdbench.stages import RunContext
-from kdbench.training import TrainConfig, collate, encode, generate, sft_loss
+from kdbench.core.data import Example
+from kdbench.core.errors import KdbenchError
+from kdbench.core.registry import get_registry
+from kdbench.core.types import TrainConfig
+from kdbench.defense.base import DefenseContext
+from kdbench.defense.stack import DefenseStack
+from kdbench.models import hub as models
+from kdbench.models.defended import instantiate
+from kdbench.run.cells import attack_samples
+from kdbench.run.context import RunContext
+from kdbench.run.student import defense_context
+from kdbench.tasks import synthetic
+from kdbench.training.loop import collate, encode, generate, sft_loss
 from tests.conftest import TINY_TASK
 from tests.distill_helpers import MAX_PROMPT, MAX_TOTAL, TEMPLATE, data, job, tiny_model, tokenizer
 from tests.test_defense_interface import NoGenerate, ctx  # noqa: F401  (ctx: the tiny task's RunContext fixture)
@@ -163,7 +168,7 @@ def test_nonvulnerable_removes_exactly_the_points_the_teacher_attack_flags(ctx: 
     pool = [*members[:12], *nonmembers[:12], *ctx.distillation_data()[:12]]
     defense = instantiate("nonvulnerable", {"attack": "loss", "extra": extra, "min_class_fraction": 0.2})
     stack = DefenseStack([defense])
-    stack.prepare(ctx.defense_context(teacher, ctx.training("student"), pool, (members, nonmembers)))
+    stack.prepare(defense_context(ctx, teacher, ctx.training("student"), pool, (members, nonmembers)))
     kept = stack.select_data(pool)
 
     flags, ambiguous = independent_flags(ctx.model(teacher), ctx, pool, members, nonmembers, 0.2)

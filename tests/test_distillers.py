@@ -15,14 +15,14 @@ from kdbench_plugins.distillers.minillm import (
     with_advantages,
 )
 
-from kdbench.cache import ArtifactCache
-from kdbench.errors import ParameterError
-from kdbench.objectives import rkl
-from kdbench.params import build_params
-from kdbench.plugins import get_registry
-from kdbench.policy_gradient import ppo_loss, token_log_probs
-from kdbench.strategies import GOLD, STUDENT
-from kdbench.training import shifted
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.errors import ParameterError
+from kdbench.core.params import build_params
+from kdbench.core.registry import get_registry
+from kdbench.distill.policy_gradient import ppo_loss, token_log_probs
+from kdbench.distill.strategies import GOLD, STUDENT
+from kdbench.training.loop import shifted
+from kdbench.training.objectives import rkl
 from tests.distill_helpers import (
     job,
     prompts,

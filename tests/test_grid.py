@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from kdbench.cli import main
-from kdbench.grid import load_grid_file, parse_defense_stacks
-from kdbench.params import PluginSpec
-from kdbench.plugins import get_registry
-from kdbench.results import load_records
+from kdbench.core.params import PluginSpec
+from kdbench.core.registry import get_registry
+from kdbench.results.records import load_records
+from kdbench.run.grid import load_grid_file, parse_defense_stacks
 from tests.helpers import make_distribution
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-task.yaml")

@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 
 from kdbench.cli import main
 from kdbench.cli.leaderboard import make_server
-from kdbench.results import ResultRecord, load_records
-from kdbench.site import resource_root, slug, strip_member_text
+from kdbench.leaderboard.site import resource_root, slug, strip_member_text
+from kdbench.results.records import ResultRecord, load_records
 
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

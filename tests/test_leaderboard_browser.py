@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from kdbench.ranking import build_boards
-from kdbench.results import load_records
-from kdbench.site import build_site, slug
+from kdbench.leaderboard.ranking import build_boards
+from kdbench.leaderboard.site import build_site, slug
+from kdbench.results.records import load_records
 
 pytestmark = pytest.mark.browser
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kdbench.lora import merged, with_lora
+from kdbench.models.lora import merged, with_lora
 
 pytest.importorskip("peft")
 

@@ -1,4 +1,4 @@
-"""Teacher-conditioned memorization and memorization/membership agreement (kdbench.memorization), and the
+"""Teacher-conditioned memorization and memorization/membership agreement (kdbench.evaluation.memorization), and the
 Evaluator that writes them to memorization.json and the records."""
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score
 
-from kdbench import metrics
-from kdbench.cache import ArtifactCache
-from kdbench.evaluate import Evaluator, write_memorization
-from kdbench.memorization import MemorizationReport, agreement, cohen_kappa, flagged_at_fpr, jaccard
-from kdbench.params import parse_specs
-from kdbench.plugins import get_registry
-from kdbench.runner import attack_samples, resolve
-from kdbench.stages import RunContext
-from kdbench.tasks import load_task, make_splits
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.params import parse_specs
+from kdbench.core.registry import get_registry
+from kdbench.evaluation import metrics
+from kdbench.evaluation.memorization import MemorizationReport, agreement, cohen_kappa, flagged_at_fpr, jaccard
+from kdbench.results.writers import write_memorization
+from kdbench.run.cells import attack_samples
+from kdbench.run.context import RunContext
+from kdbench.run.evaluator import Evaluator
+from kdbench.run.plan import resolve
+from kdbench.tasks.manifest import load_task
+from kdbench.tasks.splits import make_splits
 from kdbench.testing import single_thread
 
 

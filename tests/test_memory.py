@@ -1,4 +1,4 @@
-"""Memory-aware batch sizes (kdbench.memory): micro-batches give the full-batch update, and an out-of-memory
+"""Memory-aware batch sizes (kdbench.training.memory): micro-batches give the full-batch update, and an out-of-memory
 error halves the rows per pass instead of ending the run.
 
 There is no GPU here, so a device running out of memory is produced the way CUDA reports it: a forward
@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from kdbench.memory import OutOfMemory, is_out_of_memory, split_rows, token_shares
-from kdbench.progress import NullReporter
-from kdbench.tokenstats import compute_token_stats
-from kdbench.training import IGNORE, TrainConfig, collate, generate, sft_loss, train_loop
+from kdbench.core.progress import NullReporter
+from kdbench.core.types import TrainConfig
+from kdbench.scoring.tokenstats import compute_token_stats
+from kdbench.training.loop import IGNORE, collate, generate, sft_loss, train_loop
+from kdbench.training.memory import OutOfMemory, is_out_of_memory, split_rows, token_shares
 from tests.distill_helpers import data, single_thread, tiny_model  # noqa: F401 - single_thread is autouse
 
 CPU = torch.device("cpu")
@@ -178,8 +179,8 @@ def test_a_distiller_gives_the_same_student_when_its_batches_are_cut(
 ) -> None:
     from dataclasses import replace
 
-    from kdbench.cache import ArtifactCache
-    from kdbench.plugins import get_registry
+    from kdbench.core.cache import ArtifactCache
+    from kdbench.core.registry import get_registry
     from tests.distill_helpers import job
 
     info = get_registry().get("distillers", name)
@@ -197,7 +198,7 @@ def test_a_distiller_gives_the_same_student_when_its_batches_are_cut(
 
 
 def test_teacher_outputs_are_unchanged_by_out_of_memory() -> None:
-    from kdbench.teacher_outputs import compute_teacher_outputs
+    from kdbench.distill.teacher_outputs import compute_teacher_outputs
     from tests.distill_helpers import job
 
     j = job(teacher=tiny_model(1))

@@ -1,4 +1,4 @@
-"""kdbench.metrics against brute-force definitions and hand-computed cases."""
+"""kdbench.evaluation.metrics against brute-force definitions and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kdbench.metrics import (
+from kdbench.evaluation.metrics import (
     MembershipMetrics,
     best_balanced_accuracy,
     bootstrap_auc_ci,

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from kdbench import models
 from kdbench.cli import main
-from kdbench.errors import KdbenchError
-from kdbench.synthetic import generate
+from kdbench.core.errors import KdbenchError
+from kdbench.models import hub as models
+from kdbench.tasks.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,11 @@ def test_the_bf16_path_trains_and_scores_finitely(tiny_pretrained: Path, tmp_pat
     """What a pretrained checkpoint goes through on a bf16 CUDA device (no GPU here; torch runs bf16 on the
     CPU too): loaded in bf16, fine-tuned, saved and reloaded in bf16, then scored and decoded. The losses and
     token statistics must stay finite and the statistics be computed in float (log-softmax in float32)."""
-    from kdbench.data import PromptTemplate
-    from kdbench.tokenstats import compute_token_stats
-    from kdbench.training import TrainConfig, encode, sft_loss, train_loop
-    from kdbench.training import generate as decode
+    from kdbench.core.data import PromptTemplate
+    from kdbench.core.types import TrainConfig
+    from kdbench.scoring.tokenstats import compute_token_stats
+    from kdbench.training.loop import encode, sft_loss, train_loop
+    from kdbench.training.loop import generate as decode
 
     tokenizer = models.load_tokenizer(tiny_pretrained)
     model = models.init_model(str(tiny_pretrained), tokenizer, seed=0, dtype=torch.bfloat16)

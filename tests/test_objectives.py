@@ -1,4 +1,4 @@
-"""kdbench.objectives against closed forms computed here, independently, in float64 numpy.
+"""kdbench.training.objectives against closed forms computed here, independently, in float64 numpy.
 
 Distributions are hand-made over 3–5 tokens; the teacher goes in as log-probabilities and the student as
 shifted log-probabilities (logits are only defined up to a constant), so each test also checks that shift.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench.errors import ParameterError, UnknownNameError
-from kdbench.objectives import (
+from kdbench.core.errors import ParameterError, UnknownNameError
+from kdbench.training.objectives import (
     LOG_PROB_FLOOR,
     OBJECTIVES,
     TopKLogProbs,

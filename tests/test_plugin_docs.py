@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import defense, hookspecs, protocols
+from kdbench import hookspecs
+from kdbench.core import plugin as protocols
+from kdbench.defense import base as defense
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -46,7 +48,7 @@ def hook_signatures() -> list[str]:
 
 
 def protocol_members() -> dict[str, list[str]]:
-    """Each Protocol of kdbench.protocols and the members it declares itself (inherited ones under its base)."""
+    """Each Protocol of kdbench.core.plugin and the members it declares itself (inherited ones under its base)."""
     out = {}
     for name, cls in vars(protocols).items():
         if not (isinstance(cls, type) and getattr(cls, "_is_protocol", False)) or cls.__module__ != protocols.__name__:

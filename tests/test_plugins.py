@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.errors import ParameterError, PluginError, UnknownNameError
-from kdbench.params import PluginSpec, build_params, parse_specs
-from kdbench.plugins import build_registry
+from kdbench.core.errors import ParameterError, PluginError, UnknownNameError
+from kdbench.core.params import PluginSpec, build_params, parse_specs
+from kdbench.core.registry import build_registry
 from tests.helpers import make_distribution
 
 ATTACK = """

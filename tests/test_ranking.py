@@ -1,4 +1,4 @@
-"""The leaderboard's ranking rule (kdbench.ranking): Pareto layers, tie-break, aggregation, merging."""
+"""The leaderboard's ranking rule (kdbench.leaderboard.ranking): Pareto layers, tie-break, aggregation, merging."""
 
 from __future__ import annotations
 
@@ -7,15 +7,8 @@ from typing import Any
 
 import pytest
 
-from kdbench.ranking import (
-    build_boards,
-    dominates,
-    group_cells,
-    merge_records,
-    pareto_layers,
-    rank_cells,
-)
-from kdbench.results import ResultRecord, validate_record
+from kdbench.leaderboard.ranking import build_boards, dominates, group_cells, merge_records, pareto_layers, rank_cells
+from kdbench.results.records import ResultRecord, validate_record
 
 
 def record(

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from kdbench.cli import main
-from kdbench.results import load_records
+from kdbench.results.records import load_records
 
 DESIGN_FIELDS = {
     "task", "distiller", "defense", "attack", "target", "auc", "auc_ci", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr",

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from kdbench.cli import main
-from kdbench.scaffold import PluginNames, ScaffoldError, check_name, new_plugin, render
+from kdbench.cli.scaffold import PluginNames, ScaffoldError, check_name, new_plugin, render
 
 # kind -> plugin name; the names differ so that all three install side by side in one --target directory.
 PLUGINS = {"attack": "foo", "distiller": "foo-distiller", "defense": "foo-defense"}

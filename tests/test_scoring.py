@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from kdbench.cache import ArtifactCache
-from kdbench.errors import KdbenchError
-from kdbench.evaluate import Resolved, run_attacks
-from kdbench.params import parse_specs
-from kdbench.plugins import get_registry
-from kdbench.protocols import AttackInputs, Need
-from kdbench.runner import resolve
-from kdbench.scoring import ScoringContext, mean_logprob, scoring_context
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.errors import KdbenchError
+from kdbench.core.params import parse_specs
+from kdbench.core.registry import Resolved, get_registry
+from kdbench.evaluation.attacks import run_attacks
+from kdbench.run.plan import resolve
+from kdbench.scoring.context import ScoringContext
+from kdbench.scoring.inputs import AttackInputs, scoring_context
+from kdbench.scoring.needs import Need
+from kdbench.scoring.tokenstats import mean_logprob
 from tests.attack_helpers import AttackWorld, one_thread  # noqa: F401 - autouse fixture
 
 CHEAP = ("loss,zlib,mink,mink++,lowercase,neighbourhood:n_neighbours=2,recall,dc-pdd,gradnorm,mope:copies=2")

@@ -11,10 +11,11 @@ import itertools
 import pytest
 import torch
 
-from kdbench import strategies
-from kdbench.cache import ArtifactCache
-from kdbench.sampling import PolicyPart, sample
-from kdbench.strategies import (
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.types import Encoded
+from kdbench.distill import strategies
+from kdbench.distill.sampling import PolicyPart, sample
+from kdbench.distill.strategies import (
     GOLD,
     REPLAY,
     STUDENT,
@@ -24,7 +25,7 @@ from kdbench.strategies import (
     split_off,
     teacher_samples,
 )
-from kdbench.training import Encoded, batches
+from kdbench.training.loop import batches
 from tests.distill_helpers import (
     MAX_TOTAL,
     data,

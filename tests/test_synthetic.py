@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from kdbench import synthetic
-from kdbench.data import Example, content_hash, content_key
-from kdbench.synthetic import CATEGORIES, GENERATOR_VERSION, generate
+from kdbench.core.data import Example, content_hash, content_key
+from kdbench.tasks import synthetic
+from kdbench.tasks.synthetic import CATEGORIES, GENERATOR_VERSION, generate
 
 MEMORY_CATEGORIES = {"open_qa", "brainstorming", "creative_writing"}
 PHONE = re.compile(r"\b\d{3}-\d{3}-\d{4}\b")

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kdbench.cli import main
-from kdbench.sources import DATA_DIR_ENV
-from kdbench.tasks import available_tasks, load_task
+from kdbench.tasks.manifest import available_tasks, load_task
+from kdbench.tasks.sources import DATA_DIR_ENV
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = FIXTURES / "data"
@@ -120,7 +120,7 @@ def test_show_works_on_every_shipped_task_and_never_prints_members(name: str, sc
     plain = kdbench("tasks", "show", name, "--examples", "3", *data_args(name, scaled_data))
     assert plain.exit_code == 0, plain.output
     if not task.eval_only:
-        from kdbench.tasks import make_splits
+        from kdbench.tasks.splits import make_splits
 
         private = {e.id for e in make_splits(task, data_dir=scaled_data).roles["private"]}
         printed = set(re.findall(r"\b[a-z-]+-\d{5}\b", plain.output))

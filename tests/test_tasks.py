@@ -12,22 +12,12 @@ from typing import Any
 
 import pytest
 
-from kdbench import sources
-from kdbench.data import content_key
-from kdbench.errors import TaskError
-from kdbench.sources import MissingDataError
-from kdbench.tasks import (
-    ROLES,
-    Splits,
-    Task,
-    available_tasks,
-    dedupe,
-    freeze_splits,
-    load_task,
-    make_splits,
-    split_manifest_path,
-    verify_splits,
-)
+from kdbench.core.data import content_key
+from kdbench.core.errors import TaskError
+from kdbench.tasks import sources
+from kdbench.tasks.manifest import ROLES, Task, available_tasks, load_task
+from kdbench.tasks.sources import MissingDataError
+from kdbench.tasks.splits import Splits, dedupe, freeze_splits, make_splits, split_manifest_path, verify_splits
 
 FIXTURES = Path(__file__).parent / "fixtures"
 DATA = FIXTURES / "data"
@@ -275,12 +265,12 @@ def test_distill_on_private_is_kept_and_changes_no_split(tmp_path: Path) -> None
     assert make_splits(task, data_dir=DATA).hashes() == make_splits(load_task(str(DOLLY_MICRO)), data_dir=DATA).hashes()
 
 
-@pytest.mark.slow  # imports torch through kdbench.stages
+@pytest.mark.slow  # imports torch through kdbench.run.context
 def test_distill_on_private_trains_students_and_baseline_on_private(tmp_path: Path) -> None:
     import torch
 
-    from kdbench.cache import ArtifactCache
-    from kdbench.stages import RunContext
+    from kdbench.core.cache import ArtifactCache
+    from kdbench.run.context import RunContext
 
     path = write(tmp_path / "p.yaml", f"include: {DOLLY_MICRO}\nname: dolly-micro-private\ndistill_on: private\n")
     task = load_task(str(path))

@@ -9,11 +9,14 @@ from typing import ClassVar
 import pytest
 import torch
 
-from kdbench.cache import ArtifactCache
-from kdbench.defense import DefenseBase, DefenseStack
-from kdbench.objectives import OBJECTIVES, TopKLogProbs
-from kdbench.teacher_outputs import DEFAULT_TOP_K, TOLERANCE, attached, sequences_hash, teacher_outputs
-from kdbench.training import TrainConfig, batches, sft_loss, shifted, train_loop
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.types import TrainConfig
+from kdbench.defense.base import DefenseBase
+from kdbench.defense.stack import DefenseStack
+from kdbench.distill.job import attached
+from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, TOLERANCE, sequences_hash, teacher_outputs
+from kdbench.training.loop import batches, sft_loss, shifted, train_loop
+from kdbench.training.objectives import OBJECTIVES, TopKLogProbs
 from tests.distill_helpers import (
     data,
     job,

@@ -16,10 +16,12 @@ from kdbench_plugins.attacks.mink import MinK
 from kdbench_plugins.defenses.none import NoDefense
 from kdbench_plugins.distillers.kd import KD
 
-from kdbench.defense import DefenseBase
-from kdbench.distill import DistillJob
-from kdbench.protocols import AttackInputs, Need, NoParams
-from kdbench.tasks import load_task
+from kdbench.core.plugin import NoParams
+from kdbench.defense.base import DefenseBase
+from kdbench.distill.job import DistillJob
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.needs import Need
+from kdbench.tasks.manifest import load_task
 from kdbench.testing import (
     TINY_TASK_YAML,
     ContractError,
@@ -172,7 +174,7 @@ class BadName(_Attack):
 
 
 class ReferenceCalibrated(_Attack):
-    """Needs another model: the kit serves it through kdbench.scoring, as a run does."""
+    """Needs another model: the kit serves it through kdbench.scoring.context, as a run does."""
 
     needs = frozenset({Need.REFERENCE_MODEL})
 
@@ -223,7 +225,7 @@ class _Distiller:
 
 
 def _sft(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    from kdbench.training import sft_loss
+    from kdbench.training.loop import sft_loss
 
     return sft_loss(model, batch)
 

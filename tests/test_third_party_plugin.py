@@ -34,7 +34,9 @@ MEANPROB = '''\
 import numpy as np
 
 from kdbench import hookimpl
-from kdbench.protocols import AttackInputs, Need, NoParams
+from kdbench.scoring.inputs import AttackInputs
+from kdbench.scoring.needs import Need
+from kdbench.core.plugin import NoParams
 
 
 class MeanProb:

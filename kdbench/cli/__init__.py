@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from kdbench import __version__
-from kdbench.errors import KdbenchError
+from kdbench.core.errors import KdbenchError
+from kdbench.core.version import __version__
 
 # name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, str] = {

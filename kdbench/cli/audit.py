@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kdbench.cli.run import LIST_HELP
-from kdbench.params import parse_specs
+from kdbench.core.params import parse_specs
 
 _FILE = click.Path(path_type=Path, dir_okay=True)  # existence and format are checked with clearer messages
 
@@ -44,11 +44,12 @@ def audit(
 ) -> None:
     """Membership inference against MODEL: e.g. `kdbench audit --model DIR --members m.jsonl --nonmembers n.jsonl
     --attack loss,zlib,mink++`. Scores: higher = more likely member; AUC is never flipped."""
-    from kdbench.audit import AuditConfig, run_audit
-    from kdbench.cache import atomic_write_text
-    from kdbench.errors import OutputError
-    from kdbench.plugins import get_registry
-    from kdbench.progress import NullReporter, RichReporter
+    from kdbench.analysis.audit import AuditConfig, run_audit
+    from kdbench.cli.reporter import RichReporter
+    from kdbench.core.cache import atomic_write_text
+    from kdbench.core.errors import OutputError
+    from kdbench.core.progress import NullReporter
+    from kdbench.core.registry import get_registry
 
     err = Console(stderr=True, highlight=False)
     config = AuditConfig(

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdbench.cache import SPEC_FILE, default_root
+from kdbench.core.cache import SPEC_FILE, default_root
 
 
 def _size(path: Path) -> int:

@@ -19,10 +19,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from kdbench.errors import KdbenchError, OutputError
-from kdbench.ranking import Record, canonical
-from kdbench.results import load_records, results_files
-from kdbench.site import build_site, prepare_records
+from kdbench.core.errors import KdbenchError, OutputError
+from kdbench.leaderboard.ranking import Record, canonical
+from kdbench.leaderboard.site import build_site, prepare_records
+from kdbench.results.records import load_records, results_files
 
 DEFAULT_INTO = Path("leaderboard/results/results.jsonl")
 _RESULTS = click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))

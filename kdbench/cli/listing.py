@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kdbench.plugins import KINDS, get_registry
+from kdbench.core.registry import KINDS, get_registry
 
 CHOICES = (*KINDS, "tasks")
 
@@ -35,8 +35,8 @@ def list_plugins(kind: str | None, as_json: bool) -> None:
 
 def _rows(kind: str) -> list[dict[str, str]]:
     if kind == "tasks":
-        from kdbench import __version__
-        from kdbench.tasks import available_tasks, load_task
+        from kdbench.core.version import __version__
+        from kdbench.tasks.manifest import available_tasks, load_task
 
         rows = []
         for name in available_tasks():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdbench.scaffold import KINDS
+from kdbench.cli.scaffold import KINDS
 
 
 @click.group()
@@ -21,7 +21,7 @@ def plugin() -> None:
               show_default=True, help="Where to create the kdbench-NAME/ package directory.")
 def new(kind: str, name: str, directory: Path) -> None:
     """Generate kdbench-NAME/: a pip-installable KIND plugin that works and passes its tests as generated."""
-    from kdbench.scaffold import PluginNames, new_plugin
+    from kdbench.cli.scaffold import PluginNames, new_plugin
 
     target = new_plugin(kind, name, directory)
     names = PluginNames.of(kind, name)

@@ -45,9 +45,9 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 def run(**options: Any) -> None:
     """Distil, attack and score: e.g. `kdbench run --distiller kd --attack loss,mink`."""
-    from kdbench.plugins import get_registry
-    from kdbench.progress import RichReporter
-    from kdbench.runner import Runner
+    from kdbench.cli.reporter import RichReporter
+    from kdbench.core.registry import get_registry
+    from kdbench.run.runner import Runner
 
     console = Console()
     config = build_config(options)
@@ -68,11 +68,11 @@ def run(**options: Any) -> None:
 
 def build_config(options: dict[str, Any]) -> Any:
     """Merge the command line with an optional grid file into a RunConfig (errors before any work)."""
-    from kdbench.errors import KdbenchError
-    from kdbench.families import get_family, student_for
-    from kdbench.grid import load_grid_file, parse_defense_stacks
-    from kdbench.params import parse_specs
-    from kdbench.runner import RunConfig
+    from kdbench.core.errors import KdbenchError
+    from kdbench.core.params import parse_specs
+    from kdbench.models.families import get_family, student_for
+    from kdbench.run.config import RunConfig
+    from kdbench.run.grid import load_grid_file, parse_defense_stacks
 
     grid = load_grid_file(options["grid_file"]) if options.get("grid_file") else {}
 
@@ -139,7 +139,7 @@ def results_table(result: Any) -> Table:
 
 def print_deltas(console: Console, result: Any) -> None:
     """Each defended cell against its undefended (``none``) cell: the table, and OUT/deltas.json."""
-    from kdbench.deltas import defense_deltas, write_deltas
+    from kdbench.results.deltas import defense_deltas, write_deltas
 
     deltas = defense_deltas(result.evaluations, result.records)
     if not deltas:
@@ -150,7 +150,7 @@ def print_deltas(console: Console, result: Any) -> None:
 
 def deltas_table(deltas: list[Any]) -> Table:
     """Δutility (ROUGE-L) and Δrisk (strongest attack's AUC) with 95% CIs, defended − undefended."""
-    from kdbench.deltas import summary
+    from kdbench.results.deltas import summary
 
     table = Table(title="Defenses vs. no defense (Δ = defended − none; ΔAUC < 0: privacy bought)",
                   title_justify="left")

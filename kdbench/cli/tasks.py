@@ -20,15 +20,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdbench.errors import KdbenchError
-from kdbench.sources import MissingDataError
-from kdbench.tasks import (
+from kdbench.core.errors import KdbenchError
+from kdbench.tasks.manifest import Task, available_tasks, load_task
+from kdbench.tasks.sources import MissingDataError
+from kdbench.tasks.splits import (
     Splits,
-    Task,
-    available_tasks,
     compare_splits,
     freeze_splits,
-    load_task,
     make_splits,
     pinned_file_mismatch,
     read_split_manifest,

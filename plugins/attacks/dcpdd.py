@@ -12,11 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import scoring_context, token_stats_of
+from kdbench.api import AttackInputs, Need, Register, check_range, hookimpl, scoring_context, token_stats_of
 
 
 @dataclass(frozen=True)

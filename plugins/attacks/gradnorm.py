@@ -13,11 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.errors import ParameterError
-from kdbench.hookspecs import Register
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import scoring_context
+from kdbench.api import AttackInputs, Need, ParameterError, Register, hookimpl, scoring_context
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.errors import ParameterError
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import ShadowRecipe, mean_logprob, scoring_context, token_stats_of
+from kdbench.api import (
+    AttackInputs,
+    Need,
+    ParameterError,
+    Register,
+    ShadowRecipe,
+    check_range,
+    hookimpl,
+    mean_logprob,
+    scoring_context,
+    token_stats_of,
+)
 
 SIGMA_FLOOR = 1e-6
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.protocols import AttackInputs, Need, NoParams
+from kdbench.api import AttackInputs, Need, NoParams, Register, hookimpl
 
 
 class LossAttack:

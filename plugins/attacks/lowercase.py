@@ -12,10 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import mean_logprob, scoring_context, token_stats_of
+from kdbench.api import AttackInputs, Need, Register, hookimpl, mean_logprob, scoring_context, token_stats_of
 
 EPS = 1e-12  # keeps the ratio finite when a lowercased text is predicted perfectly
 

@@ -9,10 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
+from kdbench.api import AttackInputs, Need, Register, check_range, hookimpl, lowest_k
 
 
 @dataclass(frozen=True)
@@ -38,8 +35,7 @@ class MinK:
         scores = []
         for logprobs in inputs.token_stats.per_sample("logprob"):
             values = np.exp(logprobs) if self.params.use_probs else logprobs
-            n = max(1, int(len(values) * self.params.k))  # as MIMIR, at least one token
-            scores.append(float(np.sort(values)[:n].mean()))
+            scores.append(lowest_k(values, self.params.k))
         return np.array(scores)
 
 

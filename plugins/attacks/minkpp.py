@@ -10,11 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import token_stats_of
+from kdbench.api import AttackInputs, Need, Register, check_range, hookimpl, lowest_k, token_stats_of
 
 SIGMA_FLOOR = 1e-6
 
@@ -42,8 +38,7 @@ class MinKPlusPlus:
         for logprob, mu, var in zip(*(stats.per_sample(n) for n in ("logprob", "mean_logprob", "var_logprob")),
                                     strict=True):
             z = (logprob - mu) / np.maximum(np.sqrt(var), SIGMA_FLOOR)
-            n = max(1, int(len(z) * self.params.k))  # as MIMIR, at least one token
-            scores.append(float(np.sort(z)[:n].mean()))
+            scores.append(lowest_k(z, self.params.k))
         return np.array(scores)
 
 

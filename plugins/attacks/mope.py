@@ -11,11 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import scoring_context
+from kdbench.api import AttackInputs, Need, Register, check_range, hookimpl, scoring_context
 
 SIGMA_TEACHER, SIGMA_STUDENT = 0.005, 0.01
 DIRECTLY_TRAINED = ("teacher", "target")  # roles whose weights were fit on the members themselves

@@ -14,11 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
-from kdbench.scoring import mean_logprob, scoring_context, token_stats_of
+from kdbench.api import (
+    AttackInputs,
+    Need,
+    Register,
+    check_range,
+    hookimpl,
+    mean_logprob,
+    scoring_context,
+    token_stats_of,
+)
 
 LL_CAP = -1e-12
 

@@ -3,7 +3,7 @@ token that occurs in a *vulnerable* text are changed at every position. Vulnerab
 points the teacher's attack flags, exactly as ``nonvulnerable`` flags them (the same threshold rule); their
 tokens are those of the full text as the model reads it (prompt template, instruction, context, response;
 EOS excluded), as [C] tokenises whole texts. The student is wrapped in :class:`LogitAdjustedLM`, which saves
-itself beside a marker so that the cache and :func:`kdbench.models.load_model` give it back wrapped."""
+itself beside a marker so that the cache and :func:`kdbench.models.hub.load_model` give it back wrapped."""
 
 from __future__ import annotations
 
@@ -17,10 +17,15 @@ from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutput
 
-from kdbench import models
-from kdbench.defense import DefenseBase, flag_vulnerable, resolve_attack, write_marker
-from kdbench.errors import KdbenchError
-from kdbench.params import check_range
+from kdbench.api import (
+    DefenseBase,
+    KdbenchError,
+    check_range,
+    flag_vulnerable,
+    load_model,
+    resolve_attack,
+    write_marker,
+)
 
 BASE_DIR = "base"
 
@@ -124,5 +129,5 @@ class VulnerableTokenDefense(DefenseBase):
 
     @classmethod
     def load_processed(cls, directory: Path, marker: dict[str, Any], trust_remote_code: bool = False) -> Any:
-        base = models.load_model(directory / marker["base"], trust_remote_code=trust_remote_code)
+        base = load_model(directory / marker["base"], trust_remote_code=trust_remote_code)
         return LogitAdjustedLM(base, marker["token_ids"], marker["operation"], marker["value"], marker["defense"])

@@ -17,10 +17,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from kdbench import hookimpl
-from kdbench.defense import DefenseBase
-from kdbench.errors import KdbenchError, ParameterError
-from kdbench.hookspecs import Register
+from kdbench.api import DefenseBase, KdbenchError, ParameterError, Register, hookimpl
 
 _GATED = ("mlp.gate_proj", "mlp.up_proj")
 FIRST_PROJECTIONS: dict[str, tuple[str, ...]] = {

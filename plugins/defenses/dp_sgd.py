@@ -23,10 +23,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from kdbench import hookimpl
-from kdbench.defense import DefenseBase
-from kdbench.errors import KdbenchError, ParameterError
-from kdbench.hookspecs import Register
+from kdbench.api import DefenseBase, KdbenchError, ParameterError, Register, hookimpl
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ log(mean_i softmax(logits_i)) ([C], METHODS.md §7).
 
 The combined model is an ``nn.Module`` (no HF ``generate``: kdbench's greedy decoding falls back to its
 ``forward``); it saves its members in ``member-<i>/`` beside a marker, so the cache and
-:func:`kdbench.models.load_model` rebuild it. At evaluation, :meth:`Ensemble.assess` also reports [C]'s own
+:func:`kdbench.models.hub.load_model` rebuild it. At evaluation, :meth:`Ensemble.assess` also reports [C]'s own
 ensembling of the attack: every member is attacked, each member's predictions are thresholded at its
 balanced-accuracy threshold (each class ≥ ``min_class_fraction``, [C]'s 20%), and a sample is called a member
 when a strict majority of the k members call it one (ties count as non-member). The vote's TPR, FPR and
@@ -26,13 +26,18 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
-from kdbench import hookimpl, models
-from kdbench.data import Example
-from kdbench.defense import DefenseBase, write_marker
-from kdbench.errors import KdbenchError, ParameterError
-from kdbench.hookspecs import Register
-from kdbench.metrics import best_balanced_accuracy
-from kdbench.params import check_range
+from kdbench.api import (
+    DefenseBase,
+    Example,
+    KdbenchError,
+    ParameterError,
+    Register,
+    best_balanced_accuracy,
+    check_range,
+    hookimpl,
+    load_model,
+    write_marker,
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ class Ensemble(DefenseBase):
 
     @classmethod
     def load_processed(cls, directory: Path, marker: dict[str, Any], trust_remote_code: bool = False) -> Any:
-        return EnsembleLM([models.load_model(directory / name, trust_remote_code=trust_remote_code)
+        return EnsembleLM([load_model(directory / name, trust_remote_code=trust_remote_code)
                            for name in marker["members"]])
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from kdbench import hookimpl
-from kdbench.defense import DefenseBase
-from kdbench.hookspecs import Register
+from kdbench.api import DefenseBase, Register, hookimpl
 
 
 class NoDefense(DefenseBase):

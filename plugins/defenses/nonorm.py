@@ -10,10 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from kdbench import hookimpl
-from kdbench.defense import DefenseBase
-from kdbench.errors import KdbenchError
-from kdbench.hookspecs import Register
+from kdbench.api import DefenseBase, KdbenchError, Register, hookimpl
 
 
 class Affine(nn.Module):

@@ -11,11 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from kdbench import hookimpl
-from kdbench.data import Example
-from kdbench.defense import DefenseBase, flag_vulnerable, resolve_attack
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
+from kdbench.api import DefenseBase, Example, Register, check_range, flag_vulnerable, hookimpl, resolve_attack
 
 
 @dataclass(frozen=True)

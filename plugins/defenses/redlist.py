@@ -7,9 +7,7 @@ from dataclasses import dataclass
 
 from kdbench_plugins.defenses._vulnerable_tokens import VulnerableTokenDefense, VulnerableTokenParams
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
+from kdbench.api import Register, check_range, hookimpl
 
 
 @dataclass(frozen=True)

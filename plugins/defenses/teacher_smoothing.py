@@ -1,7 +1,7 @@
 """``teacher-smoothing``: the student learns from a smoothed teacher. ``mode=temperature`` divides the teacher's
 logits by ``temperature`` (> 1 flattens the soft labels); ``mode=top_k`` keeps only the ``top_k`` most likely
 tokens, renormalised (the other tokens get probability 0). Acts on the full logits, before the top-k cache of
-:mod:`kdbench.teacher_outputs`, whose key includes this defense and its parameters."""
+:mod:`kdbench.distill.teacher_outputs`, whose key includes this defense and its parameters."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from kdbench import hookimpl
-from kdbench.defense import DefenseBase
-from kdbench.errors import KdbenchError, ParameterError
-from kdbench.hookspecs import Register
+from kdbench.api import DefenseBase, KdbenchError, ParameterError, Register, hookimpl
 
 TRUNCATED = 1e4
 """How far below the k-th logit the dropped tokens are put: exp(−1e4) is exactly 0 in float32, yet every

@@ -1,6 +1,6 @@
 """``distillm``: DistiLLM (Ko et al., ICML 2024): a skew KL divergence on DistiLLM's adaptive mix of ground
 truth, fresh student samples and replayed student samples (METHODS.md §3; the schedule is
-:class:`kdbench.strategies.AdaptiveSGO`). [Z] uses srkl (α 0.1) for most students and sfkl for the smallest.
+:class:`kdbench.distill.strategies.AdaptiveSGO`). [Z] uses srkl (α 0.1) for most students and sfkl for the smallest.
 
 Validation: DistiLLM moves its threshold on a dev split's loss; kdbench's distillation set has none, so
 ``val_fraction`` (5%) of it is held out, chosen with the run's seed, and the student trains on the rest.
@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from kdbench import hookimpl
-from kdbench.distill import (
+from kdbench.api import (
+    DEFAULT_TOP_K,
+    REPLAY_CAPACITY,
+    AdaptiveSGO,
+    DistillerParams,
     DistillJob,
-    check_overrides,
-    check_positive,
-    check_probability,
+    Observer,
+    ParameterError,
+    Register,
+    SGOState,
+    chain,
     distillation_loss,
+    hookimpl,
+    split_off,
+    teacher_outputs,
 )
-from kdbench.errors import ParameterError
-from kdbench.hookspecs import Register
-from kdbench.strategies import REPLAY_CAPACITY, AdaptiveSGO, Observer, SGOState, split_off
-from kdbench.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
-from kdbench.training import chain
 
 
 @dataclass(frozen=True)
-class DistiLLMParams:
+class DistiLLMParams(DistillerParams):
     """DistiLLM's defaults: srkl with α 0.1, kd_ratio 1.0, threshold from 0 in steps of 0.1 on validation-loss
     rises of 0.1, replay capacity 1000. ``val_fraction``: the held-out share of the distillation data.
     ``max_new_tokens``: None = up to the task's total length. ``lr``/``epochs``: None = the task's student
@@ -36,7 +39,6 @@ class DistiLLMParams:
 
     objective: Literal["srkl", "sfkl"] = "srkl"
     alpha: float = 0.1
-    kd_ratio: float = 1.0
     init_threshold: float = 0.0
     threshold_step: float = 0.1
     loss_eps: float = 0.1
@@ -44,21 +46,15 @@ class DistiLLMParams:
     val_fraction: float = 0.05
     top_k: int = DEFAULT_TOP_K
     max_new_tokens: int | None = None
-    lr: float | None = None
-    epochs: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.objective not in ("srkl", "sfkl"):
-            raise ParameterError(f"distillm: objective={self.objective!r} must be 'srkl' or 'sfkl'.")
-        for name in ("alpha", "kd_ratio", "init_threshold", "threshold_step"):
-            check_probability("distillm", name, getattr(self, name))
-        check_positive("distillm", "loss_eps", self.loss_eps)
-        check_positive("distillm", "capacity", self.capacity)
+    plugin: ClassVar[str] = "distillm"
+    objectives: ClassVar[tuple[str, ...]] = ("srkl", "sfkl")
+    probabilities: ClassVar[tuple[str, ...]] = ("alpha", "init_threshold", "threshold_step")
+    positives: ClassVar[tuple[str, ...]] = ("loss_eps", "capacity", "top_k", "max_new_tokens")
+
+    def check(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ParameterError(f"distillm: val_fraction={self.val_fraction!r} must lie in (0, 1).")
-        check_positive("distillm", "top_k", self.top_k)
-        check_positive("distillm", "max_new_tokens", self.max_new_tokens)
-        check_overrides("distillm", self.lr, self.epochs)
 
 
 class DistiLLM:

@@ -11,46 +11,40 @@ TRL does, those end-points use fkl and rkl.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from kdbench import hookimpl
-from kdbench.distill import (
+from kdbench.api import (
+    DEFAULT_TOP_K,
+    REPLAY_CAPACITY,
+    DistillerParams,
     DistillJob,
-    check_overrides,
-    check_positive,
-    check_probability,
+    LossFn,
+    MixedSampling,
+    Observer,
+    Register,
+    chain,
     distillation_loss,
+    hookimpl,
+    jsd_from_trl_beta,
+    teacher_outputs,
 )
-from kdbench.hookspecs import Register
-from kdbench.objectives import jsd_from_trl_beta
-from kdbench.strategies import REPLAY_CAPACITY, MixedSampling, Observer
-from kdbench.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
-from kdbench.training import LossFn, chain
 
 
 @dataclass(frozen=True)
-class GKDParams:
+class GKDParams(DistillerParams):
     """[Z]: lmbda 0.5, beta 0.1 (DistiLLM's jsd λ 0.9), kd_ratio 1.0, replay capacity 1000. ``top_k``: cached
     teacher log-probs for the ground-truth steps. ``max_new_tokens``: None = up to the task's total length.
     ``lr``/``epochs``: None = the task's student config ([Z]'s 5e-4 is for pretrained students)."""
 
     lmbda: float = 0.5
     beta: float = 0.1
-    kd_ratio: float = 1.0
     capacity: int = REPLAY_CAPACITY
     top_k: int = DEFAULT_TOP_K
     max_new_tokens: int | None = None
-    lr: float | None = None
-    epochs: int | None = None
 
-    def __post_init__(self) -> None:
-        check_probability("gkd", "lmbda", self.lmbda)
-        check_probability("gkd", "beta", self.beta)
-        check_probability("gkd", "kd_ratio", self.kd_ratio)
-        check_positive("gkd", "capacity", self.capacity)
-        check_positive("gkd", "top_k", self.top_k)
-        check_positive("gkd", "max_new_tokens", self.max_new_tokens)
-        check_overrides("gkd", self.lr, self.epochs)
+    plugin: ClassVar[str] = "gkd"
+    probabilities: ClassVar[tuple[str, ...]] = ("lmbda", "beta")
+    positives: ClassVar[tuple[str, ...]] = ("capacity", "top_k", "max_new_tokens")
 
 
 def gkd_loss(job: DistillJob, beta: float, kd_ratio: float) -> LossFn:

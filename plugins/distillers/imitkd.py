@@ -5,43 +5,35 @@ from the buffer (METHODS.md §3). The teacher runs live on these sequences; noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from kdbench import hookimpl
-from kdbench.distill import (
+from kdbench.api import (
+    REPLAY_CAPACITY,
+    DistillerParams,
     DistillJob,
+    MixedSampling,
     ObjectiveName,
-    check_objective,
-    check_overrides,
-    check_positive,
-    check_probability,
+    Observer,
+    Register,
     distillation_loss,
+    hookimpl,
 )
-from kdbench.hookspecs import Register
-from kdbench.strategies import REPLAY_CAPACITY, MixedSampling, Observer
 
 
 @dataclass(frozen=True)
-class ImitKDParams:
+class ImitKDParams(DistillerParams):
     """[Z]: fkl, student samples with probability 1.0, kd_ratio 1.0, replay capacity 1000. ``max_new_tokens``:
     None = up to the task's total length. ``lr``/``epochs``: None = the task's student config ([Z]'s 5e-4 is
     for pretrained students)."""
 
     objective: ObjectiveName = "fkl"
     student_fraction: float = 1.0
-    kd_ratio: float = 1.0
     capacity: int = REPLAY_CAPACITY
     max_new_tokens: int | None = None
-    lr: float | None = None
-    epochs: int | None = None
 
-    def __post_init__(self) -> None:
-        check_objective("imitkd", self.objective)
-        check_probability("imitkd", "student_fraction", self.student_fraction)
-        check_probability("imitkd", "kd_ratio", self.kd_ratio)
-        check_positive("imitkd", "capacity", self.capacity)
-        check_positive("imitkd", "max_new_tokens", self.max_new_tokens)
-        check_overrides("imitkd", self.lr, self.epochs)
+    plugin: ClassVar[str] = "imitkd"
+    probabilities: ClassVar[tuple[str, ...]] = ("student_fraction",)
+    positives: ClassVar[tuple[str, ...]] = ("capacity", "max_new_tokens")
 
 
 class ImitKD:

@@ -7,41 +7,34 @@ The teacher's outputs on the (fixed) ground truth are computed once and cached a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from kdbench import hookimpl
-from kdbench.distill import (
+from kdbench.api import (
+    DEFAULT_TOP_K,
+    DistillerParams,
     DistillJob,
+    GroundTruth,
     ObjectiveName,
-    check_objective,
-    check_overrides,
-    check_positive,
-    check_probability,
+    Observer,
+    Register,
+    chain,
     distillation_loss,
+    hookimpl,
+    teacher_outputs,
 )
-from kdbench.hookspecs import Register
-from kdbench.strategies import GroundTruth, Observer
-from kdbench.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
-from kdbench.training import chain
 
 
 @dataclass(frozen=True)
-class KDParams:
+class KDParams(DistillerParams):
     """[Z]'s KD arm: forward KL, kd_ratio 1.0. ``lr``/``epochs``: None = the task's student training config
     ([Z]'s 5e-5 and 10 epochs are for pretrained GPT-2/OPT students, not tiny ones trained from scratch).
-    ``top_k``: teacher log-probs cached per position (see :mod:`kdbench.teacher_outputs`)."""
+    ``top_k``: teacher log-probs cached per position (see :mod:`kdbench.distill.teacher_outputs`)."""
 
     objective: ObjectiveName = "fkl"
-    kd_ratio: float = 1.0
     top_k: int = DEFAULT_TOP_K
-    lr: float | None = None
-    epochs: int | None = None
 
-    def __post_init__(self) -> None:
-        check_objective("kd", self.objective)
-        check_probability("kd", "kd_ratio", self.kd_ratio)
-        check_positive("kd", "top_k", self.top_k)
-        check_overrides("kd", self.lr, self.epochs)
+    plugin: ClassVar[str] = "kd"
+    positives: ClassVar[tuple[str, ...]] = ("top_k",)
 
 
 class KD:

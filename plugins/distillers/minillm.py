@@ -5,7 +5,7 @@ Each round samples ``rollouts`` responses from the teacher-mixed policy (1 − �
 them once: importance weights w = q/((1 − α)q + αp), per-token rewards log p(y_t) − log q(y_t) (scaled by
 1/0.5, clipped to ±100, as in DistiLLM's scripts), γ-discounted (0.95) length-normalised returns. Then
 ``ppo_epochs`` (4) passes over the round in minibatches minimise the PPO-clipped (0.2) surrogate of
-:mod:`kdbench.policy_gradient`, with whitened advantages, plus the single-step regulariser rkl(teacher,
+:mod:`kdbench.distill.policy_gradient`, with whitened advantages, plus the single-step regulariser rkl(teacher,
 student) at every response position. Rounds repeat until ``iterations`` optimiser steps.
 
 Student initialisation: MiniLLM starts PPO from a student fine-tuned on the ground truth ([Z]/DistiLLM's
@@ -23,15 +23,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdbench import hookimpl
-from kdbench.distill import DistillJob, check_overrides, check_positive, check_probability
-from kdbench.errors import ParameterError
-from kdbench.hookspecs import Register
-from kdbench.objectives import rkl
-from kdbench.policy_gradient import importance_weights, ppo_loss, returns, rewards, token_log_probs, whiten
-from kdbench.sampling import PolicyPart, sample
-from kdbench.strategies import Observer
-from kdbench.training import Encoded, LossFn, collate, sft_loss, shifted, to_device
+from kdbench.api import (
+    DistillJob,
+    Encoded,
+    LossFn,
+    Observer,
+    ParameterError,
+    PolicyPart,
+    Register,
+    check_overrides,
+    check_positive,
+    check_probability,
+    collate,
+    hookimpl,
+    importance_weights,
+    ppo_loss,
+    returns,
+    rewards,
+    rkl,
+    sample,
+    sft_loss,
+    shifted,
+    to_device,
+    token_log_probs,
+    whiten,
+)
 
 OLD_LOGPROBS, WEIGHTS, RETURNS = "pg_old_logprobs", "pg_weights", "pg_returns"
 ADVANTAGES = "pg_advantages"

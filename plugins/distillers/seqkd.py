@@ -8,43 +8,36 @@ Both the samples and the teacher's top-k outputs on them are cached, so a second
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
-from kdbench import hookimpl
-from kdbench.distill import (
+from kdbench.api import (
+    DEFAULT_TOP_K,
+    DistillerParams,
     DistillJob,
+    GroundTruth,
     ObjectiveName,
-    check_objective,
-    check_overrides,
-    check_positive,
-    check_probability,
+    Observer,
+    Register,
+    chain,
     distillation_loss,
+    hookimpl,
+    teacher_outputs,
+    teacher_samples,
 )
-from kdbench.hookspecs import Register
-from kdbench.strategies import GroundTruth, Observer, teacher_samples
-from kdbench.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
-from kdbench.training import chain
 
 
 @dataclass(frozen=True)
-class SeqKDParams:
+class SeqKDParams(DistillerParams):
     """[Z]: fkl, kd_ratio 1.0, one sample per prompt. ``max_new_tokens``: None = up to the task's total length
     (and the models' position limit). ``lr``/``epochs``: None = the task's student config ([Z]'s 5e-4 is for
     pretrained students)."""
 
     objective: ObjectiveName = "fkl"
-    kd_ratio: float = 1.0
     top_k: int = DEFAULT_TOP_K
     max_new_tokens: int | None = None
-    lr: float | None = None
-    epochs: int | None = None
 
-    def __post_init__(self) -> None:
-        check_objective("seqkd", self.objective)
-        check_probability("seqkd", "kd_ratio", self.kd_ratio)
-        check_positive("seqkd", "top_k", self.top_k)
-        check_positive("seqkd", "max_new_tokens", self.max_new_tokens)
-        check_overrides("seqkd", self.lr, self.epochs)
+    plugin: ClassVar[str] = "seqkd"
+    positives: ClassVar[tuple[str, ...]] = ("top_k", "max_new_tokens")
 
 
 class SeqKD:

@@ -7,11 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdbench import hookimpl
-from kdbench.distill import DistillJob, check_overrides
-from kdbench.hookspecs import Register
-from kdbench.strategies import GroundTruth, Observer
-from kdbench.training import sft_loss, train_loop
+from kdbench.api import DistillJob, GroundTruth, Observer, Register, check_overrides, hookimpl, sft_loss, train_loop
 
 
 @dataclass(frozen=True)

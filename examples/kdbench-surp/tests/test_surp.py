@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 from kdbench_surp import Surp, SurpParams, surp_score
 
-from kdbench.errors import ParameterError
-from kdbench.protocols import AttackInputs
+from kdbench.api import AttackInputs, ParameterError, TokenStats
 from kdbench.testing import check_attack, check_registered
-from kdbench.tokenstats import TokenStats
 
 LOGPROB = np.array([-0.1, -5.0, -6.0, -0.2, -4.0])
 ENTROPY = np.array([0.5, 0.5, 3.0, 0.5, 1.0])

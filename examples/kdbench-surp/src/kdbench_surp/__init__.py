@@ -22,10 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kdbench import hookimpl
-from kdbench.hookspecs import Register
-from kdbench.params import check_range
-from kdbench.protocols import AttackInputs, Need
+from kdbench.api import AttackInputs, Need, Register, check_range, hookimpl
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,786 @@
+"""Render the static leaderboard (DESIGN.md §6) from results files alone.
+
+The site is self-contained: CSS, JS and every chart (inline SVG whose geometry is computed here) live inside
+each page, a Content-Security-Policy forbids fetching anything, and it works from file://. Plugin names,
+parameters and provenance are third-party text, so every page goes through jinja2 with autoescape. Member text
+(record fields ``examples``/``samples``) is removed at load time unless explicitly asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from kdbench.core.errors import KdbenchError, OutputError
+from kdbench.core.version import __version__
+from kdbench.leaderboard.ranking import (
+    AttackSummary,
+    Board,
+    Cell,
+    CellKey,
+    MergeResult,
+    RankedEntry,
+    Record,
+    attack_key,
+    build_boards,
+    canonical,
+    merge_records,
+    replicate_of,
+)
+from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
+
+if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+else:
+    from importlib.abc import Traversable
+
+MEMBER_TEXT_FIELDS = frozenset({"examples", "samples"})
+SITE_MARKER = ".kdbench-leaderboard"
+RESERVED_NAMES = frozenset({"index.html", "results.jsonl", "entries"})  # names the site itself uses
+KNOWN_FIELDS = frozenset({f.name for f in dataclasses.fields(ResultRecord)} | {"tpr_at_0.1pct_fpr"})
+MAX_ROC_POINTS = 200
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def strip_member_text(value: Any) -> tuple[Any, int]:
+    """``value`` without any ``examples``/``samples`` key at any depth, and how many were removed.
+
+    Containers without such keys are returned as they are (records carry long numeric lists such as ROC
+    curves; copying them would dominate the build time).
+    """
+    if isinstance(value, dict):
+        removed = sum(1 for k in value if k in MEMBER_TEXT_FIELDS)
+        kept = {}
+        for key, item in value.items():
+            if key not in MEMBER_TEXT_FIELDS:
+                kept[key], count = strip_member_text(item)
+                removed += count
+        return (kept, removed) if removed else (value, 0)
+    if isinstance(value, list) and any(isinstance(item, (dict, list)) for item in value):
+        pairs = [strip_member_text(item) for item in value]
+        removed = sum(p[1] for p in pairs)
+        return ([p[0] for p in pairs], removed) if removed else (value, 0)
+    return value, 0
+
+
+def prepare_records(records: Iterable[Record], include_member_text: bool) -> tuple[list[Record], int]:
+    """Records with member text removed (unless asked to keep it) and the number of fields removed."""
+    if include_member_text:
+        return list(records), 0
+    prepared, omitted = [], 0
+    for record in records:
+        clean, count = strip_member_text(record)
+        prepared.append(clean)
+        omitted += count
+    return prepared, omitted
+
+
+@dataclass
+class BuildReport:
+    """What a build did, for the CLI to print."""
+
+    out: Path
+    files: int
+    records_read: int
+    merge: MergeResult
+    member_text_omitted: int
+    boards: int = 0
+    entries: int = 0
+    pages: int = 0
+
+
+def build_site(paths: Sequence[Path], out: Path, *, include_member_text: bool = False) -> BuildReport:
+    """Validate and merge the results files, then write the site to ``out`` (replacing a previous build)."""
+    files = results_files(paths)
+    raw = load_records(files)
+    if not raw:
+        raise KdbenchError(f"No results records in {', '.join(map(str, files))}; nothing to build.")
+    records, omitted = prepare_records(raw, include_member_text)
+    merge = merge_records(records)
+    report = BuildReport(out, len(files), len(raw), merge, omitted)
+    boards = build_boards(merge.records)
+    report.boards, report.entries = len(boards), sum(len(b.entries) for b in boards)
+    report.pages = _write_atomically(
+        out, lambda tmp: render_site(boards, merge.records, tmp, include_member_text)
+    )
+    return report
+
+
+def _write_atomically(out: Path, render: Callable[[Path], int]) -> int:
+    """Render into a sibling temp dir, then swap it in, so a failed build never leaves half a site."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SITE_MARKER).exists())):
+        raise OutputError(f"{out} exists and is not a kdbench leaderboard site; pass an empty or new --out.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pages = render(tmp)
+        (tmp / SITE_MARKER).write_text("generated by kdbench leaderboard build\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "site")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "site", out)  # put the previous build back
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return pages
+
+
+# ------------------------------------------------------------------------------------------------ templates
+
+
+def resource_root() -> Traversable:
+    """The installed ``kdbench_leaderboard`` package, or ``<repo>/leaderboard`` when running from source."""
+    try:
+        root = importlib.resources.files("kdbench_leaderboard")
+        if (root / "templates").is_dir():
+            return root
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[1] / "leaderboard"
+
+
+def environment(root: Traversable | None = None) -> jinja2.Environment:
+    """The jinja2 environment: templates from the package, autoescape on for everything, strict undefined."""
+    templates = (root or resource_root()) / "templates"
+
+    def load(name: str) -> str | None:
+        path = templates.joinpath(*name.split("/"))
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=jinja2.select_autoescape(
+            ("html", "htm", "xml", "svg"), default_for_string=True, default=True
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(num=fmt_number, ci=fmt_ci, params=compact_params)
+    env.globals.update(heat_color=heat_color)
+    return env
+
+
+def static_text(name: str, root: Traversable | None = None) -> Markup:
+    """Our own CSS/JS, inlined verbatim (not escaped) into each page so the site needs no other file."""
+    text = ((root or resource_root()) / "static" / name).read_text(encoding="utf-8")
+    if "</" in text:
+        raise KdbenchError(f"static/{name} must not contain '</' (it is inlined into <style>/<script>).")
+    return Markup(text)
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def fmt_number(value: Any, digits: int = 3) -> str:
+    """A number with fixed decimals; '—' for missing values."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def fmt_ci(ci: Sequence[float] | None, digits: int = 3) -> str:
+    """'[low, high]' or '' when there is no CI."""
+    return "" if not ci else f"[{fmt_number(ci[0], digits)}, {fmt_number(ci[1], digits)}]"
+
+
+def compact_params(params: Any, limit: int = 120) -> str:
+    """'k=v, k=v' for a parameter dict (nested values as JSON), shortened to ``limit`` characters."""
+    if not isinstance(params, dict) or not params:
+        return ""
+    text = ", ".join(f"{k}={v if isinstance(v, str) else canonical(v)}" for k, v in sorted(params.items()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slug(text: str) -> str:
+    """A safe file-name part; names that had to change get a hash suffix so distinct names never collide."""
+    safe = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-.")[:60] or "x"
+    return safe if safe == text and safe not in RESERVED_NAMES else f"{safe}-{_short_hash(text)}"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def entry_file(key: CellKey) -> str:
+    """The detail page of a cell, relative to its task directory."""
+    name = f"{key.protocol}--{key.distiller or '-'}--{key.defense or 'none'}"
+    safe = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.")[:80]
+    return f"entries/{safe}-{_short_hash(repr(dataclasses.astuple(key)))}.html"
+
+
+def heat_color(auc: float | None) -> tuple[str, str]:
+    """(background, ink) for an AUC: white at chance (0.5), red toward 1, blue toward 0."""
+    if auc is None:
+        return "#f2f2f2", "#555555"
+    t = max(-1.0, min(1.0, (auc - 0.5) / 0.5))
+    target = (178, 24, 43) if t >= 0 else (33, 102, 172)
+    rgb = [round(255 + (c - 255) * abs(t)) for c in target]
+    return "#{:02x}{:02x}{:02x}".format(*rgb), "#ffffff" if abs(t) > 0.55 else "#1a1a1a"
+
+
+# ------------------------------------------------------------------------------------------------ charts
+
+
+@dataclass(frozen=True)
+class Tick:
+    pos: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Line:
+    points: str
+    css: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    css: str
+    title: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    x: float
+    y: float
+    shape: str  # circle | square | triangle
+    css: str
+    title: str
+    href: str | None = None
+    whiskers: tuple[tuple[float, float, float, float], ...] = ()
+    label: str = ""
+
+    @property
+    def triangle(self) -> str:
+        """The three corners of a triangle marker centred on (x, y)."""
+        corners = ((self.x, self.y - 6), (self.x - 6, self.y + 5), (self.x + 6, self.y + 5))
+        return " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in corners)
+
+
+@dataclass
+class Chart:
+    """Everything an SVG chart needs, in pixels; the template only draws it."""
+
+    title: str
+    x_label: str
+    y_label: str
+    width: int = 640
+    height: int = 400
+    box: tuple[float, float, float, float] = (60.0, 16.0, 624.0, 352.0)  # x0, y0, x1, y1
+    x_ticks: list[Tick] = field(default_factory=list)
+    y_ticks: list[Tick] = field(default_factory=list)
+    guides: list[Line] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+    legend: list[tuple[str, str, str]] = field(default_factory=list)  # (css, shape, text)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A linear map from a data domain to a pixel range."""
+
+    lo: float
+    hi: float
+    px_lo: float
+    px_hi: float
+
+    def __call__(self, value: float) -> float:
+        span = (self.hi - self.lo) or 1.0
+        return self.px_lo + (value - self.lo) / span * (self.px_hi - self.px_lo)
+
+    def ticks(self, digits: int) -> list[Tick]:
+        """Evenly spaced round values inside the domain."""
+        step = nice_step(self.hi - self.lo)
+        first, last = math.ceil(self.lo / step - 1e-9), math.floor(self.hi / step + 1e-9)
+        return [Tick(self(k * step), f"{k * step:.{digits}f}") for k in range(first, last + 1)]
+
+
+def nice_step(span: float, max_ticks: int = 6) -> float:
+    """The smallest 1/2/2.5/5 × 10^k step that gives at most ``max_ticks`` ticks over ``span``."""
+    for exponent in range(-4, 4):
+        for mantissa in (1.0, 2.0, 2.5, 5.0):
+            step = mantissa * 10.0**exponent
+            if span / step <= max_ticks:
+                return step
+    return 10.0**4
+
+
+def padded_domain(values: Iterable[float], lo: float, hi: float, min_span: float) -> tuple[float, float]:
+    """The data range padded by 8% (and to at least ``min_span``), clamped to [lo, hi]."""
+    values = list(values) or [lo, hi]
+    low, high = min(values), max(values)
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    pad = (high - low) * 0.08
+    return max(lo, low - pad), min(hi, high + pad)
+
+
+def _axes(chart: Chart, x: Scale, y: Scale, x_digits: int, y_digits: int) -> Chart:
+    chart.x_ticks, chart.y_ticks = x.ticks(x_digits), y.ticks(y_digits)
+    return chart
+
+
+def _cell_title(cell: Cell, extra: str = "") -> str:
+    strongest = cell.strongest
+    return (
+        f"{cell.key.name}{extra}\nROUGE-L {cell.utility.value:.2f} {fmt_ci(cell.utility.ci, 2)}\n"
+        f"risk AUC {strongest.auc.value:.3f} {fmt_ci(strongest.auc.ci)} ({strongest.attack}), "
+        f"TPR@1%FPR {strongest.tpr_at_1pct_fpr:.3f}\nreplicates: {len(cell.replicates)}"
+    )
+
+
+def _marker(cell: Cell, x: Scale, y: Scale, shape: str, css: str, title: str, href: str | None) -> Marker:
+    auc, util = cell.strongest.auc, cell.utility
+    px, py = x(auc.value), y(util.value)
+    whiskers = []
+    if auc.ci:
+        whiskers.append((x(auc.ci[0]), py, x(auc.ci[1]), py))
+    if util.ci:
+        whiskers.append((px, y(util.ci[0]), px, y(util.ci[1])))
+    return Marker(px, py, shape, css, title, href, tuple(whiskers))
+
+
+def frontier_chart(board: Board, hrefs: dict[CellKey, str]) -> Chart:
+    """Risk (strongest-attack AUC) against utility (ROUGE-L): entries, CI whiskers, frontier, references."""
+    chart = Chart(
+        f"Privacy-utility frontier: {board.task} ({board.protocol})",
+        "risk: strongest-attack AUC against the student (lower is better)",
+        "utility: ROUGE-L",
+    )
+    cells = [e.cell for e in board.entries] + board.references
+    x_values = [v for c in cells for v in (c.risk, *(c.strongest.auc.ci or ()))]
+    y_values = [v for c in cells for v in (c.utility.value, *(c.utility.ci or ()))]
+    x = Scale(*padded_domain(x_values, 0.0, 1.0, 0.1), chart.box[0], chart.box[2])
+    y = Scale(*padded_domain(y_values, 0.0, 100.0, 5.0), chart.box[3], chart.box[1])
+    frontier = sorted(board.frontier, key=lambda e: e.cell.risk)
+    if len(frontier) > 1:
+        points = " ".join(f"{x(e.cell.risk):.1f},{y(e.cell.utility.value):.1f}" for e in frontier)
+        chart.lines.append(Line(points, "frontier-line", "Pareto frontier (layer 1)"))
+    for entry in reversed(board.entries):  # frontier drawn last, on top
+        css = "pt frontier" if entry.on_frontier else "pt dominated"
+        title = _cell_title(entry.cell, f" — rank {entry.rank}, layer {entry.layer}")
+        chart.markers.append(_marker(entry.cell, x, y, "circle", css, title, hrefs.get(entry.cell.key)))
+    for ref in board.references:
+        shape = "square" if ref.key.target == "teacher" else "triangle"
+        chart.markers.append(_marker(ref, x, y, shape, f"pt ref {ref.key.target}", _cell_title(ref), None))
+    chart.legend = [
+        ("pt frontier", "circle", "frontier (layer 1)"),
+        ("pt dominated", "circle", "dominated"),
+        ("pt ref teacher", "square", "teacher"),
+        ("pt ref baseline", "triangle", "no-KD baseline"),
+    ]
+    return _axes(chart, x, y, 2, 1 if y.hi - y.lo < 20 else 0)
+
+
+def _downsample(values: Sequence[float], keep: Sequence[int]) -> list[float]:
+    return [float(values[i]) for i in keep]
+
+
+def roc_chart(summary: AttackSummary, label: str) -> Chart | None:
+    """ROC curves of one attack, one line per replicate, from the records' ``roc`` field when present."""
+    chart = Chart(
+        f"ROC: {label}",
+        "false positive rate",
+        "true positive rate",
+        width=320,
+        height=300,
+        box=(48.0, 12.0, 308.0, 252.0),
+    )
+    x, y = Scale(0.0, 1.0, chart.box[0], chart.box[2]), Scale(0.0, 1.0, chart.box[3], chart.box[1])
+    chart.guides.append(Line(f"{x(0):.1f},{y(0):.1f} {x(1):.1f},{y(1):.1f}", "guide", "chance"))
+    for record in summary.records:
+        roc = record.get("roc") or {}
+        fpr, tpr = roc.get("fpr"), roc.get("tpr")
+        if not (isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr) >= 2):
+            continue
+        n = len(fpr)
+        keep = (
+            sorted({round(i * (n - 1) / (MAX_ROC_POINTS - 1)) for i in range(MAX_ROC_POINTS)})
+            if n > MAX_ROC_POINTS
+            else range(n)
+        )
+        pairs = zip(_downsample(fpr, keep), _downsample(tpr, keep), strict=True)
+        # Both domains are [0, 1]: scale inline, this loop dominates large builds.
+        (x0, dx), (y0, dy) = (x.px_lo, x.px_hi - x.px_lo), (y.px_lo, y.px_hi - y.px_lo)
+        points = " ".join([f"{x0 + a * dx:.1f},{y0 + b * dy:.1f}" for a, b in pairs])
+        run_id, seed = replicate_of(record)
+        chart.lines.append(
+            Line(points, "roc-line", f"{label}: run {run_id}, seed {seed}, AUC {record['auc']:.3f}")
+        )
+    return _axes(chart, x, y, 1, 1) if chart.lines else None
+
+
+def per_block_chart(values: Sequence[float]) -> Chart:
+    """Per-block AUC as bars that grow from chance (0.5), so blocks that leak stand out."""
+    chart = Chart(
+        "Per-block privacy risk",
+        "transformer block",
+        "AUC",
+        width=640,
+        height=260,
+        box=(48.0, 12.0, 624.0, 220.0),
+    )
+    y = Scale(*padded_domain([*values, 0.5], 0.0, 1.0, 0.1), chart.box[3], chart.box[1])
+    band = (chart.box[2] - chart.box[0]) / max(len(values), 1)
+    for index, value in enumerate(values):
+        top, base = y(value), y(0.5)
+        chart.bars.append(
+            Bar(
+                chart.box[0] + index * band + band * 0.15,
+                min(top, base),
+                band * 0.7,
+                max(abs(base - top), 1.0),
+                "bar",
+                f"block {index}: AUC {value:.3f}",
+            )
+        )
+    step = max(1, len(values) // 12)
+    chart.x_ticks = [Tick(chart.box[0] + (i + 0.5) * band, str(i)) for i in range(0, len(values), step)]
+    chart.y_ticks = y.ticks(2)
+    chart.guides.append(
+        Line(f"{chart.box[0]:.1f},{y(0.5):.1f} {chart.box[2]:.1f},{y(0.5):.1f}", "guide", "chance")
+    )
+    return chart
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def attack_labels(cells: Iterable[Cell]) -> dict[str, str]:
+    """Attack key -> label; parameters are shown only when one attack name has several settings."""
+    variants: dict[str, set[str]] = defaultdict(set)
+    params: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        for attack in cell.attacks:
+            variants[attack.attack].add(attack.key)
+            params[attack.key] = attack.params
+    labels = {}
+    for name, keys in variants.items():
+        for key in keys:
+            labels[key] = (
+                name if len(keys) == 1 else f"{name} ({compact_params(params[key], 60) or 'defaults'})"
+            )
+    return labels
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, str) else canonical(value)
+    return flat
+
+
+def variant_labels(entries: Sequence[RankedEntry]) -> dict[CellKey, str]:
+    """For entries that share a name, the configuration values that tell them apart."""
+    by_name: dict[str, list[CellKey]] = defaultdict(list)
+    for entry in entries:
+        by_name[entry.cell.key.name].append(entry.cell.key)
+    labels: dict[CellKey, str] = {}
+    for keys in by_name.values():
+        flats = {key: _flatten(key.config_dict()) for key in keys}
+        names = sorted({n for flat in flats.values() for n in flat})
+        differing = [n for n in names if len({flat.get(n) for flat in flats.values()}) > 1]
+        for key, flat in flats.items():
+            labels[key] = ", ".join(f"{n}={flat.get(n, '—')}" for n in differing)
+    return labels
+
+
+@dataclass
+class HeatRow:
+    label: str
+    href: str | None
+    reference: bool
+    values: list[float | None]
+
+
+@dataclass
+class HeatMap:
+    """Student AUC per entry (rows) and attack (columns), references first."""
+
+    columns: list[str]
+    rows: list[HeatRow]
+
+
+def heat_map(
+    board: Board, labels: dict[str, str], variants: dict[CellKey, str], hrefs: dict[CellKey, str]
+) -> HeatMap:
+    """The attack × distiller/defense heat map of AUC (like [Z]'s figures), rows in rank order."""
+    keys = sorted(labels, key=lambda k: labels[k])
+    rows = []
+    for cell in board.references:
+        auc = {a.key: a.auc.value for a in cell.attacks}
+        rows.append(HeatRow(cell.key.name, None, True, [auc.get(k) for k in keys]))
+    for entry in board.entries:
+        auc = {a.key: a.auc.value for a in entry.cell.attacks}
+        name = entry.cell.key.name + (
+            f" [{variants[entry.cell.key]}]" if variants.get(entry.cell.key) else ""
+        )
+        rows.append(HeatRow(name, hrefs[entry.cell.key], False, [auc.get(k) for k in keys]))
+    return HeatMap([labels[k] for k in keys], rows)
+
+
+@dataclass
+class BoardView:
+    """A board plus what its task-page section needs."""
+
+    board: Board
+    anchor: str
+    chart: Chart
+    heat: HeatMap
+    variants: dict[CellKey, str]
+    hrefs: dict[CellKey, str]
+    attack_labels: dict[str, str]
+
+
+def board_view(board: Board) -> BoardView:
+    hrefs = {e.cell.key: entry_file(e.cell.key) for e in board.entries}
+    cells = [e.cell for e in board.entries] + board.references
+    labels, variants = attack_labels(cells), variant_labels(board.entries)
+    return BoardView(
+        board,
+        slug(board.protocol),
+        frontier_chart(board, hrefs),
+        heat_map(board, labels, variants, hrefs),
+        variants,
+        hrefs,
+        labels,
+    )
+
+
+@dataclass
+class ProvenanceGroup:
+    """Provenance shared by some records of one replicate (usually all of its attacks)."""
+
+    attacks: list[str]
+    fields: dict[str, Any]
+
+
+@dataclass
+class ReplicateView:
+    run_id: str
+    seed: int
+    groups: list[ProvenanceGroup]
+
+
+def _provenance_fields(record: Record) -> dict[str, Any]:
+    """Provenance shown for a record: version, commit, schema, provenance dict, and any unknown fields."""
+    shown: dict[str, Any] = {
+        k: record.get(k) for k in ("kdbench_version", "git_commit", "schema_version") if k in record
+    }
+    provenance = {k: v for k, v in (record.get("provenance") or {}).items() if k != PER_BLOCK_FIELD}
+    shown.update(provenance)
+    numbers = (int, float)
+    shown.update(
+        {
+            k: v
+            for k, v in record.items()
+            if k not in KNOWN_FIELDS
+            and k not in MEMBER_TEXT_FIELDS
+            and (isinstance(v, bool) or not isinstance(v, numbers))
+        }
+    )
+    return shown
+
+
+def replicate_views(cell: Cell, labels: dict[str, str]) -> list[ReplicateView]:
+    """Per (run, seed): the distinct provenance blocks and which attacks carry each."""
+    by_replicate: dict[tuple[str, int], list[Record]] = defaultdict(list)
+    for record in cell.records:
+        by_replicate[replicate_of(record)].append(record)
+    views = []
+    for (run_id, seed), records in sorted(by_replicate.items()):
+        groups: dict[str, ProvenanceGroup] = {}
+        for record in records:
+            fields = _provenance_fields(record)
+            group = groups.setdefault(canonical(fields), ProvenanceGroup([], fields))
+            group.attacks.append(labels.get(attack_key(record)) or str(record["attack"]))
+        views.append(ReplicateView(run_id, seed, list(groups.values())))
+    return views
+
+
+def _first_per_replicate(cell: Cell, get: Callable[[Record], Any]) -> list[Any]:
+    """One value per replicate (the first record that has it): model-level data repeated on each attack."""
+    seen: dict[tuple[str, int], Any] = {}
+    for record in cell.records:
+        value = get(record)
+        if value is not None and replicate_of(record) not in seen:
+            seen[replicate_of(record)] = value
+    return list(seen.values())
+
+
+@dataclass
+class StatRow:
+    name: str
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def memorization_rows(cell: Cell) -> list[StatRow]:
+    """Each numeric memorization statistic, averaged over replicates (min-max beside it)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for memo in _first_per_replicate(cell, lambda r: r.get("memorization")):
+        for name, value in memo.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name].append(float(value))
+    return [StatRow(n, fmean(v), min(v), max(v), len(v)) for n, v in sorted(values.items())]
+
+
+def per_block_values(cell: Cell) -> list[float]:
+    """Per-block AUC averaged over replicates (those with the most common block count), or [] when absent."""
+    lists = [
+        v
+        for v in _first_per_replicate(cell, lambda r: (r.get("provenance") or {}).get(PER_BLOCK_FIELD))
+        if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+    ]
+    if not lists:
+        return []
+    length = Counter(len(v) for v in lists).most_common(1)[0][0]
+    same = [v for v in lists if len(v) == length]
+    return [fmean(float(v[i]) for v in same) for i in range(length)]
+
+
+@dataclass
+class AttackView:
+    summary: AttackSummary
+    label: str
+    roc: Chart | None
+    members: str
+
+
+def attack_views(cell: Cell, labels: dict[str, str]) -> list[AttackView]:
+    views = []
+    for summary in cell.attacks:
+        label = labels.get(summary.key, summary.attack)
+        counts = sorted({f"{r['n_members']}/{r['n_nonmembers']}" for r in summary.records})
+        views.append(AttackView(summary, label, roc_chart(summary, label), ", ".join(counts)))
+    return views
+
+
+@dataclass
+class MemberText:
+    label: str
+    text: str
+
+
+def member_texts(cell: Cell) -> list[MemberText]:
+    """Member-text fields, pretty-printed (only reachable when the build was asked to keep them)."""
+    found = []
+    for record in cell.records:
+        for name in sorted(MEMBER_TEXT_FIELDS & record.keys()):
+            label = f"{name} — {record['attack']}, run {record['run_id']}, seed {record['seed']}"
+            found.append(MemberText(label, json.dumps(record[name], indent=2, ensure_ascii=False)))
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+@dataclass
+class Renderer:
+    """Renders pages with the shared layout; counts pages written."""
+
+    out: Path
+    env: jinja2.Environment
+    css: Markup
+    js: Markup
+    pages: int = 0
+
+    def page(self, template: str, path: str, root: str, **context: Any) -> None:
+        html = self.env.get_template(template).render(
+            css=self.css, js=self.js, root=root, version=__version__, **context
+        )
+        target = self.out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(html, encoding="utf-8")
+        self.pages += 1
+
+
+def _metric_names(cell: Cell) -> list[str]:
+    return sorted({name for attack in cell.attacks for name in attack.metrics})
+
+
+def render_site(
+    boards: Sequence[Board], records: Sequence[Record], out: Path, include_member_text: bool = False
+) -> int:
+    """Write index, task and entry pages and the merged data file into ``out``; return the page count."""
+    root = resource_root()
+    renderer = Renderer(out, environment(root), static_text("site.css", root), static_text("site.js", root))
+    tasks: dict[str, list[BoardView]] = defaultdict(list)
+    for board in boards:
+        tasks[board.task].append(board_view(board))
+    task_dirs = {task: slug(task) for task in tasks}
+    renderer.page("index.html", "index.html", "", tasks=tasks, task_dirs=task_dirs, n_records=len(records))
+    for task, views in tasks.items():
+        renderer.page("task.html", f"{task_dirs[task]}/index.html", "../", task=task, views=views)
+        for view in views:
+            for entry in view.board.entries:
+                _render_entry(renderer, task_dirs[task], view, entry, include_member_text)
+    with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    return renderer.pages
+
+
+def _render_entry(
+    renderer: Renderer, task_dir: str, view: BoardView, entry: RankedEntry, include_member_text: bool
+) -> None:
+    cell = entry.cell
+    blocks = per_block_values(cell)
+    renderer.page(
+        "entry.html",
+        f"{task_dir}/{view.hrefs[cell.key]}",
+        "../../",
+        view=view,
+        board=view.board,
+        entry=entry,
+        cell=cell,
+        variant=view.variants.get(cell.key, ""),
+        attacks=attack_views(cell, view.attack_labels),
+        metric_names=_metric_names(cell),
+        memorization=memorization_rows(cell),
+        blocks=blocks,
+        block_chart=per_block_chart(blocks) if blocks else None,
+        replicates=replicate_views(cell, view.attack_labels),
+        member_text=member_texts(cell) if include_member_text else [],
+    )

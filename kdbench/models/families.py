@@ -1,0 +1,59 @@
+"""Model families as in [Z] (METHODS.md §3): teacher and student checkpoints by name, with the study's training
+hyper-parameters (which are for pretrained models; the tiny built-in default uses its task's own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kdbench.core.errors import UnknownNameError
+from kdbench.core.types import TrainConfig
+
+
+@dataclass(frozen=True)
+class Family:
+    teacher: str
+    students: dict[str, str]
+    training: dict[str, TrainConfig]
+    teacher_lora: bool = False  # [Z] fine-tunes the 7B teacher with LoRA
+    notes: str = ""
+    default_size: str = "small"
+    lora: dict[str, float] = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
+
+
+_GPT2_TRAINING = {
+    "teacher": TrainConfig(lr=5e-5, epochs=5, batch_size=8),
+    "baseline": TrainConfig(lr=5e-5, epochs=10, batch_size=8),
+    "student": TrainConfig(lr=5e-5, epochs=10, batch_size=8),
+}
+
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family(
+        teacher="gpt2-xl",
+        students={"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large"},
+        training=_GPT2_TRAINING,
+    ),
+    "opt": Family(
+        teacher="facebook/opt-2.7b",
+        students={"small": "facebook/opt-125m", "medium": "facebook/opt-350m", "large": "facebook/opt-1.3b"},
+        training=_GPT2_TRAINING,
+    ),
+    "llama": Family(
+        teacher="openlm-research/open_llama_7b",
+        students={"small": "openlm-research/open_llama_3b"},
+        training=_GPT2_TRAINING,
+        teacher_lora=True,
+        notes="[Z]'s 'LLaMA-2' arm is OpenLLaMA 7B (teacher, LoRA) and 3B (student).",
+    ),
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise UnknownNameError("model family", name, FAMILIES)
+    return FAMILIES[name]
+
+
+def student_for(family: Family, size: str) -> str:
+    if size not in family.students:
+        raise UnknownNameError("student size", size, family.students, hint=f"(family teacher: {family.teacher})")
+    return family.students[size]

@@ -1,0 +1,2 @@
+"""Numbers → records: the result-record schema and its validation, the per-sample files beside it, and utility/risk
+deltas of defended against undefended students."""

@@ -1,0 +1,218 @@
+"""Results records: the data of record (DESIGN.md §5).
+
+One JSON object per (task, distiller, defense, target, attack) in ``results.jsonl``. Teacher and no-KD baseline
+records carry ``distiller = defense = None``: they do not depend on either. Validation is hand-written and strict
+so that the leaderboard can refuse a bad contribution with the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdbench.core.errors import KdbenchError
+
+SCHEMA_VERSION = 1
+TARGETS = ("teacher", "baseline", "student")
+PER_BLOCK_FILE = "per_block.json"  # written beside results.jsonl by `kdbench analyze blocks --run DIR`
+PER_BLOCK_FIELD = "per_block_auc"  # provenance field: AUC per transformer block of the record's model
+
+
+@dataclass
+class ResultRecord:
+    """One attack against one target model of one cell."""
+
+    run_id: str
+    task: str
+    protocol: str  # "public" ([Z]: distil on the public split) or "private" ([C]/DistiLLM)
+    distiller: str | None
+    defense: str | None
+    target: str
+    attack: str
+    auc: float
+    auc_ci: list[float]
+    tpr_at_1pct_fpr: float
+    tpr_at_01pct_fpr: float
+    n_members: int
+    n_nonmembers: int
+    rouge_l: float
+    seed: int
+    model: str
+    kdbench_version: str
+    distiller_params: dict[str, Any] = field(default_factory=dict)
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    defense_report: dict[str, Any] = field(default_factory=dict)  # what the defenses measured (e.g. spent ε)
+    attack_params: dict[str, Any] = field(default_factory=dict)
+    tpr_at_5pct_fpr: float | None = None
+    fpr_resolution: float | None = None
+    balanced_accuracy: float | None = None
+    rouge_l_ci: list[float] | None = None
+    memorization: dict[str, float] | None = None
+    roc: dict[str, list[float]] | None = None
+    git_commit: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object written to results.jsonl (``tpr_at_0.1pct_fpr`` spelled as DESIGN.md §5 names it)."""
+        data = asdict(self)
+        data["tpr_at_0.1pct_fpr"] = data.pop("tpr_at_01pct_fpr")
+        return data
+
+
+class ResultsFileError(KdbenchError):
+    """A results file that does not validate; the message names the file and line."""
+
+
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "task": (str,),
+    "target": (str,),
+    "attack": (str,),
+    "auc": (float, int),
+    "auc_ci": (list,),
+    "tpr_at_1pct_fpr": (float, int),
+    "tpr_at_0.1pct_fpr": (float, int),
+    "n_members": (int,),
+    "n_nonmembers": (int,),
+    "rouge_l": (float, int),
+    "seed": (int,),
+}
+_OPTIONAL: dict[str, tuple[type, ...]] = {
+    "protocol": (str,),
+    "distiller": (str, type(None)),
+    "defense": (str, type(None)),
+    "model": (str,),
+    "kdbench_version": (str,),
+    "distiller_params": (dict,),
+    "defense_params": (dict,),
+    "defense_report": (dict,),
+    "attack_params": (dict,),
+    "tpr_at_5pct_fpr": (float, int, type(None)),
+    "fpr_resolution": (float, int, type(None)),
+    "balanced_accuracy": (float, int, type(None)),
+    "rouge_l_ci": (list, type(None)),
+    "memorization": (dict, type(None)),
+    "roc": (dict, type(None)),
+    "git_commit": (str, type(None)),
+    "provenance": (dict,),
+    "schema_version": (int,),
+}
+_UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fpr", "balanced_accuracy")
+
+
+def validate_record(obj: Any) -> list[str]:
+    """Every reason ``obj`` is not a valid results record (empty when it is)."""
+    if not isinstance(obj, dict):
+        return [f"a record must be a JSON object, got {type(obj).__name__}"]
+    problems: list[str] = []
+    for key, types in _REQUIRED.items():
+        if key not in obj:
+            problems.append(f"missing field {key!r}")
+        elif isinstance(obj[key], bool) or not isinstance(obj[key], types):
+            problems.append(f"field {key!r} has type {type(obj[key]).__name__}")
+    for key, types in _OPTIONAL.items():
+        if key in obj and (isinstance(obj[key], bool) or not isinstance(obj[key], types)):
+            problems.append(f"field {key!r} has type {type(obj[key]).__name__}")
+    if problems:
+        return problems
+    if obj["target"] not in TARGETS:
+        problems.append(f"field 'target' is {obj['target']!r}, expected one of {', '.join(TARGETS)}")
+    for key in _UNIT_INTERVAL:
+        value = obj.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            problems.append(f"field {key!r} is {value!r}, outside [0, 1]")
+    ci = obj["auc_ci"]
+    if len(ci) != 2 or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in ci) or ci[0] > ci[1]:
+        problems.append(f"field 'auc_ci' is {ci!r}, expected [low, high] within [0, 1]")
+    if not (isinstance(obj["rouge_l"], (int, float)) and 0.0 <= obj["rouge_l"] <= 100.0):
+        problems.append(f"field 'rouge_l' is {obj['rouge_l']!r}, outside [0, 100]")
+    for key in ("n_members", "n_nonmembers"):
+        if obj[key] <= 0:
+            problems.append(f"field {key!r} is {obj[key]!r}, expected a positive count")
+    for key, value in obj.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"field {key!r} is not a finite number")
+    blocks = obj["provenance"].get(PER_BLOCK_FIELD)
+    if blocks is not None and not _unit_list(blocks):
+        problems.append(f"field 'provenance.{PER_BLOCK_FIELD}' must be a non-empty list of AUCs within [0, 1]")
+    return problems
+
+
+def _unit_list(values: Any) -> bool:
+    return (isinstance(values, list) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values))
+
+
+def results_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand results directories to their ``results.jsonl``; keep files as given."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            candidate = path / "results.jsonl"
+            if not candidate.exists():
+                raise ResultsFileError(f"{path}: no results.jsonl in this directory; pass a run directory or a file.")
+            files.append(candidate)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ResultsFileError(f"{path}: no such file or directory.")
+    return files
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the validated records of one JSONL file; raise naming file and line on the first bad one."""
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ResultsFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
+            problems = validate_record(obj)
+            if problems:
+                raise ResultsFileError(f"{path}:{lineno}: invalid results record: " + "; ".join(problems) + ".")
+            yield obj
+
+
+def load_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """All records of the given results files or run directories, validated, with the analyses found beside
+    each file attached (:func:`attach_per_block`)."""
+    records = []
+    for path in results_files(paths):
+        found = list(iter_records(path))
+        attach_per_block(found, path.parent / PER_BLOCK_FILE)
+        records += found
+    return records
+
+
+def attach_per_block(records: list[dict[str, Any]], path: Path) -> int:
+    """Copy each model's per-block AUCs from ``path`` (a per_block.json) into ``provenance.per_block_auc`` of
+    the records of that model (matched by ``provenance.model_key``), so they travel with the records into a
+    published results file and onto the leaderboard. Returns how many records got them."""
+    if not path.exists():
+        return 0
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        targets = data["targets"]
+        by_key = {t["model_key"]: t[PER_BLOCK_FIELD] for t in targets}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ResultsFileError(
+            f"{path}: not a per-block report of `kdbench analyze blocks` ({type(exc).__name__}: {exc}); "
+            "rerun the analysis or move the file away."
+        ) from None
+    for key, values in by_key.items():
+        if not _unit_list(values):
+            raise ResultsFileError(f"{path}: the per-block AUCs of model {key} are not AUCs within [0, 1].")
+    attached = 0
+    for record in records:
+        values = by_key.get(record["provenance"].get("model_key"))
+        if values is not None:
+            record["provenance"][PER_BLOCK_FIELD] = list(values)
+            attached += 1
+    return attached

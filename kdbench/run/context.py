@@ -1,0 +1,178 @@
+"""The cached stages of a cell (DESIGN.md §1): tokenizer, teacher, baseline, student, token statistics and
+generations. Each is content-addressed by everything that determines it, so a second run rebuilds nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench.core.cache import ArtifactCache, spec_key
+from kdbench.core.data import Example, content_hash
+from kdbench.core.progress import NullReporter, Reporter
+from kdbench.core.types import Encoded, TrainConfig, TrainedModel
+from kdbench.models import hub as models
+from kdbench.models.lora import merged, with_lora
+from kdbench.tasks.manifest import Task
+from kdbench.tasks.splits import Splits
+from kdbench.training.loop import encode, sft_loss, train_loop
+
+# Bump when a stage's code changes what it produces, so stale artifacts are not reused.
+STAGE_VERSION = {"tokenizer": 1, "train": 1, "token_stats": 1, "generations": 1}
+DEFAULT_TRAINING = {  # [Z]'s values for real models (METHODS.md §3); tasks override them
+    "teacher": TrainConfig(lr=5e-5, epochs=5),
+    "baseline": TrainConfig(lr=5e-5, epochs=10),
+    "student": TrainConfig(lr=5e-5, epochs=10),
+}
+
+
+@dataclass
+class RunContext:
+    """Everything the stages of one run share."""
+
+    task: Task
+    splits: Splits
+    cache: ArtifactCache
+    device: torch.device
+    seed: int
+    teacher_ref: str
+    student_ref: str
+    trust_remote_code: bool = False
+    reporter: Reporter = field(default_factory=NullReporter)
+    training_overrides: dict[str, TrainConfig] = field(default_factory=dict)  # e.g. a model family's presets
+    lora: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> LoRA settings (a family's teacher)
+    micro_batch: int | None = None  # rows per training forward pass; not in any cache key (same update)
+    timings: dict[str, float] = field(default_factory=dict)
+    _tokenizer: Any = None
+    _tokenizer_id: dict[str, Any] = field(default_factory=dict)
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+    # --- data -------------------------------------------------------------------------------------------------
+    def encode(self, examples: Sequence[Example]) -> list[Encoded]:
+        m = self.task.models
+        return encode(examples, self.tokenizer, self.task.template, m.max_prompt_tokens, m.max_total_tokens)
+
+    def dtype(self, ref: str) -> torch.dtype | None:
+        """bf16 for pretrained models on a CUDA device that supports it; the checkpoint's own dtype otherwise."""
+        if models.is_builtin(ref) or self.device.type != "cuda" or not torch.cuda.is_bf16_supported():
+            return None
+        return torch.bfloat16
+
+    def training(self, stage: str) -> TrainConfig:
+        if stage in self.training_overrides:
+            return self.training_overrides[stage]
+        return self.task.training.get(stage, DEFAULT_TRAINING[stage])
+
+    # --- tokenizer --------------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer, self._tokenizer_id = self._load_tokenizer()
+        return self._tokenizer
+
+    def _load_tokenizer(self) -> tuple[Any, dict[str, Any]]:
+        refs = [r for r in (self.teacher_ref, self.student_ref) if not models.is_builtin(r)]
+        if refs:
+            tokenizer = models.load_tokenizer(refs[0], self.trust_remote_code)
+            if len(refs) == 2:
+                other = models.load_tokenizer(refs[1], self.trust_remote_code)
+                if other.get_vocab() != tokenizer.get_vocab():
+                    raise models.KdbenchError(
+                        f"Teacher {refs[0]} and student {refs[1]} have different tokenizers; distillation needs a "
+                        "shared vocabulary. Pick models of one family."
+                    )
+            return tokenizer, {"from": models.model_identity(refs[0])}
+        public = self.splits.roles["public"]
+        spec = {
+            "stage": "tokenizer",
+            "version": STAGE_VERSION["tokenizer"],
+            "task": self.task.name,
+            "public": content_hash(public),
+            "vocab_size": self.task.models.vocab_size,
+            "template": asdict(self.task.template),
+        }
+
+        def build(tmp: Path) -> None:
+            texts = [self.task.template.prompt(e) + e.response for e in public]
+            models.train_bpe_tokenizer(texts, self.task.models.vocab_size).save_pretrained(tmp)
+
+        with self.timed("tokenizer"):
+            path = self.cache.get_or_build("tokenizer", spec, build)
+        return models.load_tokenizer(path), {"key": spec_key(spec)}
+
+    # --- models -----------------------------------------------------------------------------------------------
+    def model(self, trained: TrainedModel) -> Any:
+        """The trained model, loaded once from the cache and kept for the run."""
+        if trained.key not in self._models:
+            self._models[trained.key] = models.load_model(trained.path, self.device)
+        return self._models[trained.key]
+
+    def _base_spec(self, stage: str, ref: str, data: Sequence[Example], config: TrainConfig) -> dict[str, Any]:
+        self.tokenizer  # noqa: B018 - resolves the tokenizer identity
+        return {
+            "stage": stage,
+            "version": STAGE_VERSION["train"],
+            "base": models.model_identity(ref),
+            "tokenizer": self._tokenizer_id,
+            "data": content_hash(data),
+            "template": asdict(self.task.template),
+            "lengths": [self.task.models.max_prompt_tokens, self.task.models.max_total_tokens],
+            "train": asdict(config),
+            "precision": str(self.dtype(ref) or "checkpoint"),
+            "seed": self.seed,
+        }
+
+    def sft(self, role: str, ref: str, data: Sequence[Example]) -> TrainedModel:
+        """Fine-tune a base model on ``data`` with cross-entropy: the teacher, and the no-KD baseline."""
+        return self.fine_tune(role, ref, data, self.training(role))
+
+    def fine_tune(
+        self, stage: str, ref: str, data: Sequence[Example], config: TrainConfig, label: str | None = None
+    ) -> TrainedModel:
+        """Cross-entropy fine-tuning of ``ref`` on ``data`` under any recipe, cached: :meth:`sft`, and the
+        reference and shadow models attacks ask for (kdbench.scoring.context)."""
+        label = label or stage
+        spec = self._base_spec(stage, ref, data, config)
+        lora = self.lora.get(stage)
+        if lora:
+            spec["lora"] = lora
+
+        def build(tmp: Path) -> None:
+            model = models.init_model(ref, self.tokenizer, self.seed, self.trust_remote_code, dtype=self.dtype(ref))
+            if lora:
+                model = with_lora(model, int(lora["r"]), lora["alpha"], lora["dropout"])
+            losses = train_loop(
+                model, self.encode(data), sft_loss, config, seed=self.seed, pad_id=self.tokenizer.pad_token_id,
+                device=self.device, reporter=self.reporter, label=f"training {label}", micro_batch=self.micro_batch,
+            )
+            if lora:
+                model = merged(model)
+            models.save_model(model, self.tokenizer, tmp)
+            (tmp / "losses.json").write_text(json.dumps(losses))
+
+        with self.timed(stage):
+            path = self.cache.get_or_build("model", spec, build)
+        return TrainedModel(stage, label, spec_key(spec), path, ref)
+
+    def teacher(self) -> TrainedModel:
+        return self.sft("teacher", self.teacher_ref, self.splits.roles["private"])
+
+    def baseline(self) -> TrainedModel:
+        return self.sft("baseline", self.student_ref, self.distillation_data())
+
+    def distillation_data(self) -> list[Example]:
+        return self.splits.roles[self.task.distill_on]

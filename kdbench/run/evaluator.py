@@ -1,0 +1,99 @@
+"""Evaluates one target model: attacks, memorization and utility on the cell's samples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdbench.core.data import Example
+from kdbench.core.errors import KdbenchError
+from kdbench.core.registry import Resolved
+from kdbench.core.types import TrainedModel
+from kdbench.evaluation import metrics
+from kdbench.evaluation.attacks import TargetEvaluation, run_attacks
+from kdbench.evaluation.memorization import DEFAULT_AGREEMENT_FPR, DEFAULT_THRESHOLD, MemorizationReport, agreement
+from kdbench.run import artifacts
+from kdbench.run.context import RunContext
+from kdbench.run.host import RunHost
+from kdbench.scoring.context import ScoringContext
+
+
+class Evaluator:
+    """Attacks, memorization and utility on one target model; every statistic comes from cached passes.
+
+    ``teacher`` (default: the run's, from the cache) supplies the per-sample memorization rates the
+    teacher-conditioned rate needs; ``memorization_threshold`` is t and ``agreement_fpr`` the FPR at which the
+    strongest attack's flags are compared with memorization (kdbench.evaluation.memorization).
+    """
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        members: list[Example],
+        nonmembers: list[Example],
+        attacks: list[Resolved],
+        *,
+        teacher: TrainedModel | None = None,
+        memorization_threshold: float = DEFAULT_THRESHOLD,
+        agreement_fpr: float = DEFAULT_AGREEMENT_FPR,
+    ) -> None:
+        if not (0.0 <= memorization_threshold < 1.0 and 0.0 <= agreement_fpr <= 1.0):
+            raise KdbenchError(f"memorization_threshold must lie in [0, 1) and agreement_fpr in [0, 1]; got "
+                               f"{memorization_threshold} and {agreement_fpr}.")
+        self.ctx, self.members, self.nonmembers, self.attacks = ctx, members, nonmembers, attacks
+        self.samples = members + nonmembers
+        self.eval_examples = ctx.splits.roles["eval"][: ctx.task.evaluation.n_eval]
+        self.host = RunHost(ctx)
+        self.host.check_needs([(a.label, a.instance.needs) for a in attacks])
+        self._teacher = teacher
+        self._rates: dict[str, np.ndarray] = {}  # memorization rates by model key (the teacher's are reused)
+        self._gold: list[list[int]] | None = None
+        self.threshold, self.agreement_fpr = memorization_threshold, agreement_fpr
+
+    def __call__(self, target: str, trained: TrainedModel) -> TargetEvaluation:
+        ctx, ev, n = self.ctx, self.ctx.task.evaluation, len(self.members)
+        scoring = ScoringContext(self.host, trained, self.samples)
+        with ctx.timed("attacks"):
+            results, all_scores = run_attacks(self.attacks, scoring, n, seed=ctx.seed, n_resamples=ev.bootstrap)
+        report = self._memorization(target, trained, results, all_scores)
+        per_sample = self._utility(trained)
+        rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
+        return TargetEvaluation(
+            target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
+            [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
+        )
+
+    def memorization_rates(self, trained: TrainedModel) -> np.ndarray:
+        """Per-sample token match rates of greedy continuations (METHODS.md §5), from cached generations."""
+        if trained.key not in self._rates:
+            ev = self.ctx.task.evaluation
+            if self._gold is None:
+                eos = self.ctx.tokenizer.eos_token_id
+                self._gold = [[t for t in e.response_ids if t != eos] for e in self.ctx.encode(self.samples)]
+            generated = artifacts.generations(self.ctx, trained, self.samples, ev.memorization_new_tokens)
+            rates = metrics.memorization_rates(generated, self._gold, n_compare=ev.memorization_compare)
+            self._rates[trained.key] = rates
+        return self._rates[trained.key]
+
+    def _memorization(
+        self, target: str, trained: TrainedModel, results: dict[str, metrics.MembershipMetrics],
+        scores: dict[str, np.ndarray],
+    ) -> MemorizationReport:
+        n = len(self.members)
+        rates = self.memorization_rates(trained)
+        teacher_rates = None
+        if target != "teacher":
+            self._teacher = self._teacher or self.ctx.teacher()
+            teacher_rates = self.memorization_rates(self._teacher)[:n]
+        found = None
+        if results:
+            strongest = max(results, key=lambda label: results[label].auc)
+            found = agreement(rates[:n] > self.threshold, strongest, scores[strongest][:n], scores[strongest][n:],
+                              self.agreement_fpr)
+        return MemorizationReport([e.id for e in self.samples], rates, n, self.threshold, teacher_rates, found)
+
+    def _utility(self, trained: TrainedModel) -> np.ndarray:
+        """Per-sample ROUGE-L of the greedy continuations of the eval prompts."""
+        ev = self.ctx.task.evaluation
+        generated = artifacts.generations(self.ctx, trained, self.eval_examples, ev.max_new_tokens)
+        predictions = self.ctx.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return metrics.rouge_l_per_sample(predictions, [e.response for e in self.eval_examples])

@@ -1,0 +1,113 @@
+"""Grids: the product of the run's lists (tasks × seeds × students × distillers × defense stacks), from the
+command line or a YAML grid file with the same keys. Cells are ordered so that the cells sharing a teacher and a
+baseline (same task, seed and student) run together and those artifacts are built once."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdbench.core.errors import KdbenchError, ParameterError, unknown_name_message
+from kdbench.core.params import PluginSpec, parse_specs
+
+GRID_KEYS = ("distiller", "attack", "defense", "task", "seed", "student", "teacher", "family", "student_size")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One student to distil and attack."""
+
+    task: str
+    seed: int
+    teacher: str | None
+    student: str | None
+    distiller: PluginSpec
+    defenses: tuple[PluginSpec, ...]
+
+    @property
+    def defense_label(self) -> str:
+        return "+".join(str(d) for d in self.defenses)
+
+    @property
+    def label(self) -> str:
+        student = f" student={self.student}" if self.student else ""
+        return f"{self.task} seed={self.seed}{student} {self.distiller} [{self.defense_label}]"
+
+    @property
+    def group(self) -> tuple[str, int, str | None, str | None]:
+        """Cells of one group share the teacher and the baseline."""
+        return (self.task, self.seed, self.teacher, self.student)
+
+
+@dataclass(frozen=True)
+class Grid:
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    models: tuple[tuple[str | None, str | None], ...]  # (teacher, student) pairs
+    distillers: tuple[PluginSpec, ...]
+    defense_stacks: tuple[tuple[PluginSpec, ...], ...]
+    attacks: tuple[PluginSpec, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(task, seed, teacher, student, distiller, stack)
+            for task, seed, (teacher, student), distiller, stack in itertools.product(
+                self.tasks, self.seeds, self.models, self.distillers, self.defense_stacks
+            )
+        ]
+
+
+def parse_defense_stacks(values: tuple[str, ...] | list[str]) -> list[tuple[PluginSpec, ...]]:
+    """``nonorm+bottleneck:B=64,temperature`` → [(nonorm, bottleneck:B=64), (temperature,)].
+
+    ``+`` composes defenses into one stack; commas separate stacks (``key=value`` pieces continue the last spec).
+    """
+    stacks: list[list[PluginSpec]] = []
+    for value in values:
+        for piece in (p.strip() for p in value.split(",")):
+            if not piece:
+                continue
+            if "=" in piece and ":" not in piece:
+                if not stacks:
+                    raise ParameterError(f"Parameter {piece!r} comes before any defense name.")
+                last = stacks[-1].pop()
+                stacks[-1].append(parse_specs(f"{last},{piece}")[0])
+                continue
+            parts = [p for p in piece.split("+") if p.strip()]
+            stacks.append([parse_specs(part)[0] for part in parts])
+    return [tuple(stack) for stack in stacks]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def load_grid_file(path: Path) -> dict[str, list[Any]]:
+    """A YAML grid: the same keys as ``kdbench run``'s options, each a value or a list."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise KdbenchError(f"{path}: cannot read the grid file ({exc.strerror}).") from None
+    except yaml.YAMLError as exc:
+        raise KdbenchError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise KdbenchError(f"{path}: a grid file must be a mapping of {', '.join(GRID_KEYS)}.")
+    normalised: dict[str, list[Any]] = {}
+    for key, value in data.items():
+        singular = str(key).rstrip("s") if str(key).rstrip("s") in GRID_KEYS else str(key)
+        if singular == "student_size" or key == "student_sizes":
+            singular = "student_size"
+        if singular not in GRID_KEYS:
+            raise KdbenchError(f"{path}: " + unknown_name_message("grid key", str(key), GRID_KEYS))
+        normalised[singular] = [str(v) if singular != "seed" else v for v in _as_list(value)]
+    for seed in normalised.get("seed", []):
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise KdbenchError(f"{path}: key 'seed' must hold integers, got {seed!r}.")
+    return normalised

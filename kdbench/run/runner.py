@@ -1,0 +1,147 @@
+"""``kdbench run``: a grid of cells (DESIGN.md §1, §7).
+
+Plugins and parameters are resolved before any work starts. For each group of cells sharing a teacher and a
+baseline (task, seed, models), those two are built and attacked once; then every cell (distiller × defense stack)
+distils and attacks a student through an executor (in-process, or Ray). A failing cell is recorded with its error
+and the grid goes on. ``results.jsonl`` is rewritten atomically after every cell, so an interrupted grid leaves
+valid partial results, and every finished artifact is cached, so the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdbench.core.cache import ArtifactCache
+from kdbench.core.errors import OutputError
+from kdbench.core.progress import NullReporter, Reporter
+from kdbench.core.registry import Registry
+from kdbench.evaluation.attacks import TargetEvaluation
+from kdbench.models.families import get_family
+from kdbench.results.records import ResultRecord
+from kdbench.run.cells import CellOutcome, GroupBase, _failure, _set_threads, make_context
+from kdbench.run.config import RunConfig
+from kdbench.run.context import RunContext
+from kdbench.run.executors.local import _executor
+from kdbench.run.grid import Cell, Grid
+from kdbench.run.plan import check_defenses, defense_stacks, expand, resolve
+from kdbench.run.state import _RunState
+from kdbench.tasks.manifest import TaskError, load_task
+
+
+@dataclass
+class RunResult:
+    out: Path
+    evaluations: list[TargetEvaluation]
+    records: list[ResultRecord]
+    attack_labels: list[str]
+    failures: list[CellOutcome]
+    cache_hits: list[str]
+    cache_builds: list[str]
+    wall_time: float
+
+
+def prepare_out(out: Path | None) -> Path:
+    """Create the output directory (a new timestamped one under runs/ by default) and prove it is writable."""
+    if out is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / stamp
+        suffix = 1
+        while out.exists():
+            out = Path("runs") / f"{stamp}-{suffix}"
+            suffix += 1
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".kdbench-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write to the output directory {out} ({exc.strerror or exc}). Choose another with --out DIR."
+        ) from exc
+    return out
+
+
+class Runner:
+    """Runs one invocation of ``kdbench run`` over its grid."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        registry: Registry,
+        cache: ArtifactCache | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.cache = cache or ArtifactCache()
+        self.reporter = reporter or NullReporter()
+
+    def run(self) -> RunResult:
+        start = time.perf_counter()
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        config = self.config
+        _set_threads(config)
+        # Everything that can be wrong with the command fails here, before any training.
+        distillers = expand(self.registry, "distillers", config.distillers)
+        resolve(self.registry, "distillers", distillers)
+        stacks = defense_stacks(self.registry, config.defenses)
+        attacks = resolve(self.registry, "attacks", config.attacks)
+        if config.family:
+            get_family(config.family)
+        for task_name in config.tasks:
+            task = load_task(task_name)
+            if task.eval_only:
+                raise TaskError(
+                    f"{task.path}: task {task.name!r} is a utility evaluation set (eval role only); it has no "
+                    "private/public/holdout roles to distil from and attack. Pick a task with all four roles."
+                )
+        students = {m[1] or load_task(task_name).models.student for task_name in config.tasks for m in config.models}
+        check_defenses(self.registry, stacks, distillers, students, config.trust_remote_code)
+        grid = Grid(
+            tuple(config.tasks), tuple(config.seeds), tuple(config.models), tuple(distillers), tuple(stacks),
+            tuple(config.attacks),
+        )
+        out = prepare_out(config.out)
+        executor = _executor(config, self.cache)
+
+        state = _RunState(out=out, config=config, attacks=attacks, started=started)
+        splits_memo: dict[Any, Any] = {}
+        groups: list[tuple[list[Cell], RunContext]] = []
+        for _group, group_cells in itertools.groupby(grid.cells(), key=lambda c: c.group):
+            cells = list(group_cells)
+            try:  # task data and splits, no training: a group whose data cannot be read fails here
+                groups.append((cells, make_context(config, cells[0], self.cache, self.reporter, splits_memo)))
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                state.fail_group(cells, _failure(exc, "teacher/baseline failed: "))
+                state.write(self.cache, time.perf_counter() - start)
+        events = executor(groups, attacks, self.registry)
+        for cells, ctx in groups:
+            base = next(events)
+            assert isinstance(base, GroupBase)
+            if base.error is None:
+                for evaluation in base.evaluations:
+                    state.add(evaluation, ctx)
+            for _cell in cells:
+                outcome = next(events)
+                assert isinstance(outcome, CellOutcome)
+                if outcome.evaluation is not None:
+                    state.add(outcome.evaluation, ctx, outcome.defense_report)
+                else:
+                    state.failures.append(outcome)
+                    self.reporter.log(f"cell failed: {outcome.cell.label}: {outcome.error}", level="error")
+                state.timings[outcome.cell.label] = round(outcome.seconds, 3)
+                state.write(self.cache, time.perf_counter() - start)
+            state.merge_timings(ctx.timings)
+        wall = time.perf_counter() - start
+        state.write(self.cache, wall)
+        return RunResult(
+            out, state.evaluations, state.records, [a.label for a in attacks], state.failures,
+            self.cache.hits, self.cache.builds, wall,
+        )

@@ -1,0 +1,265 @@
+"""Where a task's examples come from: the built-in generator, a Hugging Face dataset, or a local JSON/JSONL/CSV file.
+
+Hub datasets load through ``datasets`` (the optional ``kdbench[hub]`` extra, imported only when needed). With a
+data directory (``--data-dir`` / ``KDBENCH_DATA_DIR``) nothing is downloaded: the task's file is read from there,
+and a missing file is an error that says exactly which file to put where and how to get it, because a benchmark
+that silently evaluates on something else is worse than one that stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdbench.core.data import Example
+from kdbench.core.errors import TaskError, UnknownNameError
+
+if TYPE_CHECKING:
+    from kdbench.tasks.manifest import Task
+
+
+DATA_DIR_ENV = "KDBENCH_DATA_DIR"
+# Dolly's column names; other sources map theirs in the manifest's ``fields``.
+DEFAULT_FIELDS: dict[str, str] = {
+    "instruction": "instruction",
+    "context": "context",
+    "response": "response",
+    "category": "category",
+}
+FORMATS: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
+
+
+class MissingDataError(TaskError):
+    """A hub task's data is neither in the data directory nor loadable from the hub: nothing to check it against."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A source's examples in source order, and a record of what was read (kept in split manifests)."""
+
+    examples: list[Example]
+    origin: dict[str, Any] = field(default_factory=dict)
+    location: str = ""  # the file or hub dataset, for messages; machine-specific, so not in ``origin``
+
+
+def load(task: Task, data_dir: Path | None = None) -> Loaded:
+    """All examples of ``task``'s source, mapped to Dolly's fields."""
+    if "generator" in task.source:
+        return _generated(task)
+    directory = resolve_data_dir(data_dir)
+    if "hub" in task.source:
+        rows, origin, location = _hub_rows(task, directory)
+    else:
+        rows, origin, location = _file_rows(task, directory)
+    prefix = task.source.get("id_prefix", f"{task.name}-")
+    mapping = {**DEFAULT_FIELDS, **task.fields}
+    examples = [_to_example(row, index, mapping, prefix, task, location) for index, row in enumerate(rows)]
+    return Loaded(examples, origin, location)
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path | None:
+    """The explicit data directory, else ``$KDBENCH_DATA_DIR``, else none (hub tasks then go online)."""
+    if data_dir is not None:
+        return Path(data_dir)
+    from_env = os.environ.get(DATA_DIR_ENV)
+    return Path(from_env) if from_env else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- generators ---------------------------------------------------------------------------------------------------
+def _synthetic_pii(task: Task, params: dict[str, Any]) -> tuple[list[Example], str]:
+    from kdbench.tasks import synthetic
+
+    return synthetic.generate(seed=task.seed, **params), synthetic.GENERATOR_VERSION
+
+
+GENERATORS: dict[str, Callable[[Task, dict[str, Any]], tuple[list[Example], str]]] = {
+    "synthetic-pii": _synthetic_pii,
+}
+
+
+def _generated(task: Task) -> Loaded:
+    name = task.source["generator"]
+    if name not in GENERATORS:
+        raise UnknownNameError("generator", name, GENERATORS, hint=f"In {task.path}, key 'source.generator'.")
+    params = dict(task.source.get("params", {}))
+    try:
+        examples, version = GENERATORS[name](task, params)
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"{task.path}: key 'source.params': {exc}") from exc
+    origin = {"kind": "generator", "generator": name, "generator_version": version, "params": params}
+    return Loaded(examples, origin, f"generator {name!r}")
+
+
+# --- local files --------------------------------------------------------------------------------------------------
+def _file_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, Any], str]:
+    """A ``source.file``: absolute, or looked up in the data directory, then beside the manifest."""
+    name = task.source["file"]
+    candidates = _file_candidates(Path(name), task.path.parent, data_dir)
+    for candidate in candidates:
+        if candidate.is_file():
+            origin = {"kind": "file", "file": name, "sha256": file_sha256(candidate)}
+            return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+    looked = ", ".join(str(c) for c in candidates)
+    raise MissingDataError(f"{task.path}: key 'source.file': {name!r} not found (looked for {looked}).")
+
+
+def _file_candidates(name: Path, manifest_dir: Path, data_dir: Path | None) -> list[Path]:
+    if data_dir is not None and data_dir.is_file():
+        return [data_dir]
+    if name.is_absolute():
+        return [name]
+    return ([data_dir / name] if data_dir is not None else []) + [manifest_dir / name]
+
+
+def read_rows(path: Path, fmt: str | None = None) -> list[Any]:
+    """The rows of a JSONL, JSON (a list of objects) or CSV file, in file order."""
+    kind = fmt or FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise TaskError(f"{path}: unknown data format; use one of {', '.join(FORMATS)} or set 'source.format'.")
+    try:
+        if kind == "csv":  # newline="" keeps line breaks inside quoted cells
+            with path.open(encoding="utf-8-sig", newline="") as handle:
+                return list(csv.DictReader(handle))
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+    if kind == "json":
+        rows = _json(path, text, 0)
+        if not isinstance(rows, list):
+            raise TaskError(f"{path}: a JSON data file must hold a list of objects, got {type(rows).__name__}.")
+        return rows
+    # split on "\n" only: str.splitlines() would also break at U+2028 and friends inside JSON strings
+    return [_json(path, line, number) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def _json(path: Path, text: str, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {line}" if line else f"line {exc.lineno}"
+        raise TaskError(f"{path}: {where} is not valid JSON ({exc.msg}).") from None
+
+
+# --- Hugging Face hub ---------------------------------------------------------------------------------------------
+def _hub_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, Any], str]:
+    """A local copy when a data directory is given (offline: never downloads), else the hub through ``datasets``."""
+    hub = task.source["hub"]
+    origin: dict[str, Any] = {"kind": "hub", "id": hub["id"], "revision": hub["revision"],
+                              "data_files": hub["data_files"]}
+    if data_dir is not None:
+        for candidate in hub_candidates(task, data_dir):
+            if candidate.is_file():
+                origin["sha256"] = file_sha256(candidate)
+                return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+        raise MissingDataError(missing_data_message(task, data_dir))
+    try:
+        import datasets  # the optional kdbench[hub] extra
+    except ImportError:
+        raise MissingDataError(
+            missing_data_message(task, None) + " (`datasets` is not installed, so it cannot be loaded from the hub: "
+            "`pip install 'kdbench[hub]'`.)"
+        ) from None
+    try:
+        loaded = datasets.load_dataset(
+            hub["id"], revision=hub["revision"], data_files=hub["data_files"], split=hub.get("split", "train")
+        )
+    except Exception as exc:  # network, auth, missing revision: all end the same way for the user
+        raise MissingDataError(
+            f"{task.path}: could not load {hub['id']}@{hub['revision']} from the Hugging Face hub "
+            f"({type(exc).__name__}: {exc}). " + missing_data_message(task, None)
+        ) from exc
+    return [dict(row) for row in loaded], origin, f"{hub['id']}@{hub['revision']}"
+
+
+def local_name(task: Task) -> str:
+    """The file a hub task reads from the data directory (``source.hub.local``, else ``<id>/<data_files>``)."""
+    hub = task.source["hub"]
+    return str(hub.get("local") or f"{hub['id']}/{hub['data_files']}")
+
+
+def hub_candidates(task: Task, data_dir: Path) -> list[Path]:
+    """Where a local copy may lie: the data directory itself if it is a file, its ``local`` name, or the hub layout."""
+    if data_dir.is_file():
+        return [data_dir]
+    hub = task.source["hub"]
+    names = dict.fromkeys([local_name(task), f"{hub['id']}/{hub['data_files']}"])
+    return [data_dir / name for name in names]
+
+
+def missing_data_message(task: Task, data_dir: Path | None) -> str:
+    """Which file to put where, and the command that fetches it."""
+    hub = task.source["hub"]
+    name, files = local_name(task), hub["data_files"]
+    root = str(data_dir) if data_dir is not None else "<data-dir>"
+    local_dir = f"{root}/{name[: -len(files)].rstrip('/')}".rstrip("/") if name.endswith(files) else root
+    fetch = (
+        f"`hf download {hub['id']} {files} --repo-type dataset --revision {hub['revision']} --local-dir {local_dir}`"
+    )
+    if not name.endswith(files):
+        fetch += f" and rename it to {name}"
+    return (
+        f"{task.path}: task {task.name!r} needs {hub['id']} (revision {hub['revision']}, file {files}), which is "
+        f"not available here. Put it at {root}/{name}; get it with {fetch} on a machine with internet, then pass "
+        f"--data-dir {root} (or set {DATA_DIR_ENV})."
+    )
+
+
+# --- rows to examples ---------------------------------------------------------------------------------------------
+def _to_example(row: Any, index: int, mapping: Mapping[str, str], prefix: str, task: Task, location: str) -> Example:
+    """One source row as an Example; the id is the ``id`` column if mapped, else the prefix and the row number."""
+    if not isinstance(row, dict):
+        raise TaskError(f"{location}: row {index + 1} is a {type(row).__name__}, not an object with named columns.")
+
+    def column(key: str, required: bool) -> str:
+        name = mapping.get(key)
+        if name is None or name not in row:
+            if required:
+                raise TaskError(
+                    f"{location}: row {index + 1} has no column {name!r} (mapped by key 'fields.{key}' in {task.path})."
+                )
+            return ""
+        return _text(row[name])
+
+    category = column("category", required=False) or task.name
+    identifier = column("id", required=True) if "id" in mapping else f"{prefix}{index:05d}"
+    return Example(
+        id=identifier,
+        instruction=column("instruction", required=True),
+        context=column("context", required=False),
+        response=column("response", required=True),
+        category=category,
+    )
+
+
+def _text(value: Any) -> str:
+    """Cell to text. A list is a set of references (S-NI, UnNI): the first is the response."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return _text(value[0]) if value else ""
+    return value if isinstance(value, str) else str(value)
+
+
+# --- data and splits ----------------------------------------------------------------------------------------------
+def load_source(task: Task, data_dir: Path | None = None) -> Loaded:
+    """The task's examples with a record of what was read (``data_dir``: local copies of hub datasets, offline)."""
+    return load(task, data_dir)
+
+
+def load_examples(task: Task, data_dir: Path | None = None) -> list[Example]:
+    """All examples of the task's source (``data_dir``: where local copies of hub datasets live, offline)."""
+    return load_source(task, data_dir).examples
