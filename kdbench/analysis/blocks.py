@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdbench.core.cache import atomic_write_text
 from kdbench.core.errors import KdbenchError
 from kdbench.evaluation import metrics
 from kdbench.models.perturb import architecture, transformer_blocks
-
-if TYPE_CHECKING:
-    from kdbench.scoring.context import ScoringContext
+from kdbench.scoring.context import ScoringContext
 
 DEFAULT_SIGMA = 0.005  # [Z]'s defaults: 5 copies, σ 0.005
 DEFAULT_COPIES = 5

@@ -21,17 +21,12 @@ wrapper) saves itself with a :data:`MARKER` file naming its defense, whose ``loa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from kdbench.core.data import Example
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 
 from kdbench.core.data import Example

@@ -10,6 +10,7 @@ import numpy as np
 from kdbench.core.data import Example
 from kdbench.core.errors import KdbenchError, ParameterError
 from kdbench.core.params import build_params, parse_specs
+from kdbench.core.registry import get_registry
 from kdbench.defense.base import DefenseContext
 from kdbench.evaluation.metrics import best_balanced_accuracy
 
@@ -18,8 +19,6 @@ from kdbench.evaluation.metrics import best_balanced_accuracy
 
 def resolve_attack(spec: str, owner: str) -> Any:
     """An attack plugin instance from a spec such as ``loss`` or ``mink:k=0.1`` (a defense parameter)."""
-    from kdbench.core.registry import get_registry
-
     specs = parse_specs(spec)
     if len(specs) != 1:
         raise ParameterError(f"{owner}: attack={spec!r} must name one attack (e.g. loss or mink:k=0.1).")

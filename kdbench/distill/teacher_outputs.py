@@ -31,7 +31,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -39,13 +39,10 @@ from torch import Tensor
 
 from kdbench.core.params import params_dict
 from kdbench.core.types import Encoded
-from kdbench.distill.job import INDICES, LOGPROBS
+from kdbench.distill.job import INDICES, LOGPROBS, DistillJob
 from kdbench.training.loop import collate, to_device
 from kdbench.training.memory import run_in_chunks
 from kdbench.training.objectives import TopKLogProbs
-
-if TYPE_CHECKING:
-    from kdbench.distill.job import DistillJob
 
 DEFAULT_TOP_K = 512
 TOLERANCE = 2.5e-2

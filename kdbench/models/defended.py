@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from kdbench.core.errors import KdbenchError, PluginError
+from kdbench.core.registry import get_registry
 
 ARCHITECTURE_KEY = "kdbench_architecture"
 """``config.json`` key listing the architecture defenses (name, params) applied to a model, in order."""
@@ -35,8 +36,6 @@ def is_defended(ref: str | Path) -> bool:
 
 
 def _defense_class(name: str) -> Any:
-    from kdbench.core.registry import get_registry
-
     try:
         return get_registry().get("defenses", name).cls
     except KdbenchError as exc:

@@ -185,12 +185,10 @@ def max_positions(model: PreTrainedModel) -> int:
 
 def model_config(ref: str, trust_remote_code: bool = False) -> Any:
     """The transformers config of a base model reference (what ``check`` receives), without loading weights."""
-    from transformers import AutoConfig, GPT2Config
+    from transformers import AutoConfig
 
-    from kdbench.models import hub as models
-
-    if models.is_builtin(ref):
-        p = models.preset(ref)
+    if is_builtin(ref):
+        p = preset(ref)
         return GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_positions)
     try:
         return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)

@@ -14,7 +14,7 @@ from kdbench.core.types import Encoded, TrainedModel
 from kdbench.models import hub as models
 from kdbench.run import artifacts
 from kdbench.run.context import RunContext
-from kdbench.scoring.context import ScoringHost, ShadowRecipe, external_model
+from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, external_model
 from kdbench.scoring.inputs import AttackInputs
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats
@@ -84,11 +84,6 @@ class RunHost(ScoringHost):
 def attack_scorer(host: Any, trained: Any) -> Callable[[Any, Sequence[Example]], np.ndarray]:
     """A ``DefenseContext.teacher_scores``: an attack instance's scores of any examples against ``trained``,
     through ``host``'s (a :class:`kdbench.scoring.context.ScoringHost`) cached token statistics."""
-    from kdbench.scoring.context import (
-        ScoringContext,  # here: kdbench.scoring.context imports kdbench.run.context, which imports us
-    )
-    from kdbench.scoring.needs import Need
-
     def scores(attack: Any, examples: Sequence[Example]) -> np.ndarray:
         scoring = ScoringContext(host, trained, examples)
         stats = scoring.token_stats() if Need.TOKEN_STATS in attack.needs else None

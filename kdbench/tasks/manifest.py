@@ -15,7 +15,7 @@ from functools import cached_property
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -26,9 +26,7 @@ from kdbench.core.data import (
 )
 from kdbench.core.errors import TaskError, UnknownNameError
 from kdbench.core.schema import Field, check
-
-if TYPE_CHECKING:
-    from kdbench.core.types import TrainConfig
+from kdbench.core.types import TrainConfig
 
 ROLES = ("private", "public", "holdout", "eval")
 PROTOCOLS = ("shuffle", "dolly-z", "ranges", "eval-only")
@@ -154,9 +152,7 @@ class Task:
 
     @cached_property
     def training(self) -> dict[str, TrainConfig]:
-        """Per-stage optimisation settings, built on first use: reading a manifest must not import torch."""
-        from kdbench.core.types import TrainConfig
-
+        """Per-stage optimisation settings (:class:`~kdbench.core.types.TrainConfig`, which imports no torch)."""
         return {stage: TrainConfig(**cfg) for stage, cfg in self.raw.get("training", {}).items()}
 
     @property

@@ -15,14 +15,11 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdbench.core.data import Example
 from kdbench.core.errors import TaskError, UnknownNameError
-
-if TYPE_CHECKING:
-    from kdbench.tasks.manifest import Task
-
+from kdbench.tasks.manifest import Task
 
 DATA_DIR_ENV = "KDBENCH_DATA_DIR"
 # Dolly's column names; other sources map theirs in the manifest's ``fields``.

@@ -11,6 +11,7 @@ from kdbench.core.registry import Registry, Resolved
 from kdbench.run.cells import CellOutcome, GroupBase, run_cell_after, run_group_base
 from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
+from kdbench.run.executors.ray import ray_executor
 from kdbench.run.grid import Cell
 
 Executor = Any
@@ -33,7 +34,5 @@ def _executor(config: RunConfig, cache: ArtifactCache) -> Executor:
 
         return local
     if config.executor == "ray":
-        from kdbench.run.executors.ray import ray_executor
-
         return ray_executor(config, cache)
     raise KdbenchError(f"Unknown executor {config.executor!r}; use local or ray.")

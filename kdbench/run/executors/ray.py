@@ -8,25 +8,22 @@ task."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kdbench.core.cache import ArtifactCache
 from kdbench.core.errors import KdbenchError
+from kdbench.core.registry import Registry, Resolved
+from kdbench.run.cells import CellOutcome, GroupBase, run_cell_after, run_group_base
+from kdbench.run.config import RunConfig
+from kdbench.run.context import RunContext
+from kdbench.run.grid import Cell
 
-if TYPE_CHECKING:
-    from kdbench.core.cache import ArtifactCache
-    from kdbench.core.registry import Registry, Resolved
-    from kdbench.run.cells import CellOutcome, GroupBase
-    from kdbench.run.config import RunConfig
-    from kdbench.run.context import RunContext
-    from kdbench.run.grid import Cell
 
 def ray_executor(config: RunConfig, cache: ArtifactCache) -> Any:
     try:
         import ray
     except ImportError:
         raise KdbenchError("--executor ray needs Ray: pip install 'kdbench[ray]'.") from None
-    from kdbench.run.cells import run_cell_after, run_group_base
-
     if not ray.is_initialized():
         ray.init(
             address=config.ray_address,
