@@ -30,7 +30,8 @@ from kdbench.evaluation.attacks import run_attacks
 from kdbench.models import hub as models
 from kdbench.results.writers import score_lines
 from kdbench.run.context import DEFAULT_TRAINING
-from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, encoded_hash, external_model
+from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, external_model
+from kdbench.scoring.host import encoded_hash
 from kdbench.scoring.needs import Need
 from kdbench.training.loop import encode, sft_loss, train_loop
 

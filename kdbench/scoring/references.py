@@ -1,0 +1,69 @@
+"""Needs answered by other models and text than the target: reference models, shadow models, a token corpus.
+
+Reference-based attacks calibrate the target's score against a model that did not see the samples; LiRA trains
+shadow models on random halves of the samples; frequency-based attacks count tokens in a public corpus. All of
+them reach those models and corpora through the host, and :class:`References` is the part of the scoring context
+that computes each once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdbench.models import hub as models
+from kdbench.scoring.base import ScoringBase
+from kdbench.scoring.host import ShadowRecipe, cached_arrays, cached_stats, encoded_hash
+from kdbench.scoring.needs import Need
+from kdbench.scoring.tokenstats import mean_logprob
+
+
+class References(ScoringBase):
+    """Reference and shadow models' log-probabilities on the samples, and token counts on a reference corpus."""
+
+    def reference_logprob(self, name: str) -> np.ndarray:
+        """Per-sample mean log-probability under a reference model (encoded with its own tokenizer)."""
+
+        def compute() -> np.ndarray:
+            reference = self.host.reference(name, self.target)
+            tokenizer = models.load_tokenizer(reference.path)
+            if tokenizer.get_vocab() == self.host.tokenizer.get_vocab():
+                return mean_logprob(self.host.token_stats(reference, self.samples))
+            encoded = self.host.encode(self.samples, tokenizer=tokenizer)
+            return mean_logprob(cached_stats(self.host, reference, encoded, "plain", pad_id=tokenizer.pad_token_id))
+
+        return self._once(("reference", name), compute)
+
+    def shadow_logprobs(self, n_shadow: int, seed: int, recipe: ShadowRecipe) -> tuple[np.ndarray, np.ndarray]:
+        """(in_mask, logprob), both (n_shadow, n_samples): shadow models trained on random halves of the
+        population (the samples themselves), in complementary pairs so each sample is in exactly half."""
+
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            n = len(self.samples)
+            in_mask = np.zeros((n_shadow, n), dtype=bool)
+            for pair in range(n_shadow // 2):
+                half = np.random.default_rng([seed, pair]).permutation(n)[: n // 2]
+                in_mask[2 * pair, half] = True
+                in_mask[2 * pair + 1] = ~in_mask[2 * pair]
+            logprobs = np.empty((n_shadow, n))
+            for s in range(n_shadow):
+                data = [e for e, member in zip(self.samples, in_mask[s], strict=True) if member]
+                label = f"shadow {s + 1}/{n_shadow} of {self.target.label}"
+                shadow = self.host.shadow(self.target, data, recipe, label)
+                logprobs[s] = mean_logprob(self.host.token_stats(shadow, self.samples))
+            return in_mask, logprobs
+
+        return self._once(("shadows", n_shadow, seed, recipe), compute)
+
+    # --- corpora -----------------------------------------------------------------------------------------
+    def token_frequencies(self) -> np.ndarray:
+        """Token counts over the reference corpus (the public split), as the target's tokenizer encodes it."""
+        encoded = self.host.encode(self._corpus(Need.TOKEN_FREQUENCIES))
+
+        def compute() -> dict[str, np.ndarray]:
+            ids = np.fromiter((t for e in encoded for t in e.input_ids), dtype=np.int64)
+            size = max(len(self.host.tokenizer), int(ids.max(initial=-1)) + 1)
+            return {"counts": np.bincount(ids, minlength=size).astype(np.int64)}
+
+        spec = {"stage": "token_frequencies", "data": encoded_hash(encoded)}
+        return self._once(("frequencies",),
+                          lambda: cached_arrays(self.host, "token_frequencies", spec, compute)["counts"])
