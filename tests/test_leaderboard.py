@@ -15,54 +15,11 @@ from click.testing import CliRunner, Result
 from kdbench.cli import main
 from kdbench.cli.leaderboard import make_server
 from kdbench.leaderboard.site import resource_root, slug, strip_member_text
-from kdbench.results.records import ResultRecord, load_records
+from kdbench.results.records import load_records
+from tests.helpers import make_record
 
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
-
-
-def record(
-    distiller: str | None = "kd",
-    defense: str | None = "none",
-    *,
-    target: str = "student",
-    attack: str = "loss",
-    auc: float = 0.6,
-    rouge: float = 20.0,
-    seed: int = 0,
-    **fields: Any,
-) -> dict[str, Any]:
-    """One valid record, written the way `kdbench run` writes them."""
-    values: dict[str, Any] = dict(
-        run_id=f"run-{seed}",
-        task="synthetic-pii",
-        protocol="public",
-        distiller=distiller,
-        defense=defense,
-        target=target,
-        attack=attack,
-        auc=auc,
-        auc_ci=[auc - 0.05, auc + 0.05],
-        tpr_at_1pct_fpr=0.02,
-        tpr_at_01pct_fpr=0.004,
-        n_members=64,
-        n_nonmembers=64,
-        rouge_l=rouge,
-        rouge_l_ci=[rouge - 1, rouge + 1],
-        seed=seed,
-        model="builtin:tiny",
-        kdbench_version="test",
-        roc={"fpr": [0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.2, 0.7, 1.0]},
-        memorization={"members": 0.1, "nonmembers": 0.02, "gap": 0.08},
-        provenance={
-            "split_hashes": {"private": "abc"},
-            "packages": {"torch": "2"},
-            "per_block_auc": [0.5, 0.6],
-        },
-    )
-    extra = {k: fields.pop(k) for k in list(fields) if k not in ResultRecord.__dataclass_fields__}
-    values.update(fields)
-    return {**ResultRecord(**values).to_json(), **extra}
 
 
 def grid() -> list[dict[str, Any]]:
@@ -71,13 +28,13 @@ def grid() -> list[dict[str, Any]]:
     for seed in (0, 1):
         for attack, bump in (("loss", 0.0), ("mink", 0.02)):
             records.append(
-                record(None, None, target="teacher", attack=attack, auc=0.9 + bump, rouge=30, seed=seed)
+                make_record(None, None, target="teacher", attack=attack, auc=0.9 + bump, rouge=30, seed=seed)
             )
             records.append(
-                record(None, None, target="baseline", attack=attack, auc=0.5 + bump, rouge=18, seed=seed)
+                make_record(None, None, target="baseline", attack=attack, auc=0.5 + bump, rouge=18, seed=seed)
             )
             for name, auc, rouge in (("kd", 0.6, 24.0), ("seqkd", 0.7, 26.0), ("minillm", 0.55, 20.0)):
-                records.append(record(name, "none", attack=attack, auc=auc + bump, rouge=rouge, seed=seed))
+                records.append(make_record(name, "none", attack=attack, auc=auc + bump, rouge=rouge, seed=seed))
     return records
 
 
@@ -142,7 +99,7 @@ def test_entry_page_shows_attacks_roc_memorization_blocks_and_provenance(site: P
 def test_plugin_supplied_text_is_escaped_everywhere(tmp_path: Path) -> None:
     records = [
         *grid(),
-        record(
+        make_record(
             XSS,
             XSS,
             attack=XSS,
@@ -160,7 +117,7 @@ def test_plugin_supplied_text_is_escaped_everywhere(tmp_path: Path) -> None:
 
 
 def test_later_record_with_the_same_key_replaces_the_earlier(tmp_path: Path) -> None:
-    records = [*grid(), record("kd", "none", attack="loss", auc=0.93, seed=0)]
+    records = [*grid(), make_record("kd", "none", attack="loss", auc=0.93, seed=0)]
     results = write_jsonl(tmp_path / "results.jsonl", records)
     result = invoke("build", str(results), "--out", str(tmp_path / "site"))
     assert result.exit_code == 0, result.output
@@ -183,7 +140,7 @@ def test_rebuild_replaces_a_previous_site_but_not_a_foreign_directory(site: Path
 
 def test_member_text_is_omitted_unless_asked_for(tmp_path: Path) -> None:
     secret = "Jane Roe, born 1970-01-01, diagnosis"
-    records = [*grid(), record("kd", "secret", examples=[secret], provenance={"samples": [secret]})]
+    records = [*grid(), make_record("kd", "secret", examples=[secret], provenance={"samples": [secret]})]
     results = write_jsonl(tmp_path / "results.jsonl", records)
     result = invoke("build", str(results), "--out", str(tmp_path / "site"))
     assert result.exit_code == 0 and "Omitted 2 member-text" in result.output

@@ -8,51 +8,12 @@ from typing import Any
 import pytest
 
 from kdbench.leaderboard.ranking import build_boards, dominates, group_cells, merge_records, pareto_layers, rank_cells
-from kdbench.results.records import ResultRecord, validate_record
-
-
-def record(
-    distiller: str | None = "kd",
-    defense: str | None = "none",
-    *,
-    target: str = "student",
-    attack: str = "loss",
-    auc: float = 0.6,
-    rouge: float = 20.0,
-    seed: int = 0,
-    run: str = "r0",
-    task: str = "t",
-    protocol: str = "public",
-    **extra: Any,
-) -> dict[str, Any]:
-    """A valid results record with the fields that matter here."""
-    data = ResultRecord(
-        run_id=run,
-        task=task,
-        protocol=protocol,
-        distiller=distiller,
-        defense=defense,
-        target=target,
-        attack=attack,
-        auc=auc,
-        auc_ci=[max(0.0, auc - 0.05), min(1.0, auc + 0.05)],
-        tpr_at_1pct_fpr=0.01,
-        tpr_at_01pct_fpr=0.001,
-        n_members=100,
-        n_nonmembers=100,
-        rouge_l=rouge,
-        seed=seed,
-        model="m",
-        kdbench_version="test",
-    ).to_json()
-    data.update(extra)
-    assert validate_record(data) == []
-    return data
+from tests.helpers import make_record
 
 
 def cells_of(*points: tuple[str, float, float]) -> list[Any]:
     """Student cells named by distiller from (name, utility, risk) triples."""
-    return group_cells([record(name, auc=risk, rouge=utility) for name, utility, risk in points])
+    return group_cells([make_record(name, auc=risk, rouge=utility) for name, utility, risk in points])
 
 
 def names(entries: list[Any]) -> list[str]:
@@ -135,10 +96,10 @@ def test_layers_match_brute_force_including_many_ties(seed: int) -> None:
 
 def test_risk_is_the_strongest_attack_and_seeds_are_averaged() -> None:
     records = [
-        record(attack="loss", auc=0.60, rouge=20.0, seed=0, run="r0"),
-        record(attack="loss", auc=0.70, rouge=22.0, seed=1, run="r1"),
-        record(attack="mink", auc=0.62, rouge=20.0, seed=0, run="r0"),
-        record(attack="mink", auc=0.64, rouge=22.0, seed=1, run="r1"),
+        make_record(attack="loss", auc=0.60, rouge=20.0, seed=0, run_id="r0", rouge_l_ci=None),
+        make_record(attack="loss", auc=0.70, rouge=22.0, seed=1, run_id="r1", rouge_l_ci=None),
+        make_record(attack="mink", auc=0.62, rouge=20.0, seed=0, run_id="r0", rouge_l_ci=None),
+        make_record(attack="mink", auc=0.64, rouge=22.0, seed=1, run_id="r1", rouge_l_ci=None),
     ]
     [cell] = group_cells(records)
     assert cell.strongest.attack == "loss"
@@ -152,24 +113,24 @@ def test_risk_is_the_strongest_attack_and_seeds_are_averaged() -> None:
 
 def test_other_numeric_fields_are_aggregated_generically() -> None:
     records = [
-        record(balanced_accuracy=0.6, seed=0, run="a"),
-        record(balanced_accuracy=0.8, seed=1, run="b"),
-        record(seed=2, run="c", some_new_metric=3),
+        make_record(balanced_accuracy=0.6, seed=0, run_id="a"),
+        make_record(balanced_accuracy=0.8, seed=1, run_id="b"),
+        make_record(seed=2, run_id="c", some_new_metric=3),
     ]
     [cell] = group_cells(records)
     assert cell.strongest.metrics == pytest.approx({"balanced_accuracy": 0.7, "some_new_metric": 3.0})
 
 
 def test_different_parameters_are_different_entries() -> None:
-    records = [record(defense="dp-sgd", defense_params={"dp-sgd": {"epsilon": eps}}) for eps in (1, 8)]
+    records = [make_record(defense="dp-sgd", defense_params={"dp-sgd": {"epsilon": eps}}) for eps in (1, 8)]
     assert len(group_cells(records)) == 2
 
 
 def test_references_are_never_ranked() -> None:
     records = [
-        record(None, None, target="teacher", auc=0.95, rouge=30.0),
-        record(None, None, target="baseline", auc=0.5, rouge=35.0),  # would dominate the student if ranked
-        record("kd", "none", auc=0.6, rouge=20.0),
+        make_record(None, None, target="teacher", auc=0.95, rouge=30.0),
+        make_record(None, None, target="baseline", auc=0.5, rouge=35.0),  # would dominate the student if ranked
+        make_record("kd", "none", auc=0.6, rouge=20.0),
     ]
     [board] = build_boards(records)
     assert names(board.entries) == ["kd"]
@@ -177,7 +138,7 @@ def test_references_are_never_ranked() -> None:
 
 
 def test_boards_separate_tasks_and_protocols() -> None:
-    records = [record(task="a"), record(task="b"), record(task="a", protocol="private")]
+    records = [make_record(task="a"), make_record(task="b"), make_record(task="a", protocol="private")]
     assert [(b.task, b.protocol) for b in build_boards(records)] == [
         ("a", "private"),
         ("a", "public"),
@@ -189,8 +150,8 @@ def test_boards_separate_tasks_and_protocols() -> None:
 
 
 def test_merge_drops_identical_records_and_later_ones_replace_earlier() -> None:
-    first, updated = record(auc=0.6), record(auc=0.7)
-    other_seed = record(auc=0.6, seed=1)
+    first, updated = make_record(auc=0.6), make_record(auc=0.7)
+    other_seed = make_record(auc=0.6, seed=1)
     result = merge_records([first, dict(first), updated, other_seed])
     assert result.exact_duplicates == 1
     assert result.replaced == 1
