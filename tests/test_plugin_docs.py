@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import hookspecs
-from kdbench.core import plugin as protocols
+from kdbench import api, hookspecs
 from kdbench.defense import base as defense
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -48,10 +47,13 @@ def hook_signatures() -> list[str]:
 
 
 def protocol_members() -> dict[str, list[str]]:
-    """Each Protocol of kdbench.core.plugin and the members it declares itself (inherited ones under its base)."""
+    """Each Protocol of the public API (kdbench.api) and the members it declares itself (inherited ones under its
+    base)."""
     out = {}
-    for name, cls in vars(protocols).items():
-        if not (isinstance(cls, type) and getattr(cls, "_is_protocol", False)) or cls.__module__ != protocols.__name__:
+    for name in api.__all__:
+        cls = getattr(api, name)
+        is_protocol = isinstance(cls, type) and getattr(cls, "_is_protocol", False)
+        if not is_protocol or not cls.__module__.startswith("kdbench."):
             continue
         members = list(inspect.get_annotations(cls))
         members += [m for m, v in vars(cls).items() if _declared_method(cls, m, v)]
@@ -86,8 +88,8 @@ def test_every_protocol_member_is_documented(protocol: str) -> None:
 
 def test_attack_inputs_and_needs_are_documented() -> None:
     text = section("Protocol `Attack`")
-    fields = [f.name for f in dataclasses.fields(protocols.AttackInputs)]
-    needs = [n for n in vars(protocols.Need) if not n.startswith("_")]
+    fields = [f.name for f in dataclasses.fields(api.AttackInputs)]
+    needs = [n for n in vars(api.Need) if not n.startswith("_")]
     missing = [m for m in fields + needs if f"`{m}`" not in text]
     assert not missing, f"docs/plugins.md, section Protocol `Attack`: document {', '.join(missing)}"
 
