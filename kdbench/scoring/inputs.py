@@ -1,37 +1,19 @@
-"""What an attack reads (:class:`AttackInputs`) and the Protocol it satisfies."""
+"""What an attack reads (:class:`AttackInputs`), the Protocol it satisfies, and the two accessors attacks use to
+reach the target's token statistics and scoring context with a clear error when run outside kdbench."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from kdbench.core.data import Example
 from kdbench.core.errors import KdbenchError
 from kdbench.core.plugin import Plugin
+from kdbench.scoring.context import ScoringContext
 from kdbench.scoring.tokenstats import TokenStats
-
-if TYPE_CHECKING:
-    from kdbench.core.data import Example
-    from kdbench.scoring.context import ScoringContext
-    from kdbench.scoring.tokenstats import TokenStats
-
-def scoring_context(inputs: AttackInputs, attack: str) -> ScoringContext:
-    """The scoring context of ``inputs``, or a clear error for an attack run outside kdbench's evaluators."""
-    if inputs.scoring is None:
-        raise KdbenchError(
-            f"Attack {attack!r} needs a scoring context (inputs.scoring); run it through kdbench run or kdbench audit."
-        )
-    return inputs.scoring
-
-
-def token_stats_of(inputs: AttackInputs, attack: str) -> TokenStats:
-    """The target's token statistics from ``inputs`` (computed by the evaluator when the attack declares them)."""
-    if inputs.token_stats is not None:
-        return inputs.token_stats
-    return scoring_context(inputs, attack).token_stats()
 
 
 @dataclass(frozen=True)
@@ -55,3 +37,19 @@ class Attack(Plugin, Protocol):
     def __init__(self, params: Any) -> None: ...
 
     def score(self, inputs: AttackInputs) -> np.ndarray: ...
+
+
+def scoring_context(inputs: AttackInputs, attack: str) -> ScoringContext:
+    """The scoring context of ``inputs``, or a clear error for an attack run outside kdbench's evaluators."""
+    if inputs.scoring is None:
+        raise KdbenchError(
+            f"Attack {attack!r} needs a scoring context (inputs.scoring); run it through kdbench run or kdbench audit."
+        )
+    return inputs.scoring
+
+
+def token_stats_of(inputs: AttackInputs, attack: str) -> TokenStats:
+    """The target's token statistics from ``inputs`` (computed by the evaluator when the attack declares them)."""
+    if inputs.token_stats is not None:
+        return inputs.token_stats
+    return scoring_context(inputs, attack).token_stats()
