@@ -32,7 +32,7 @@ from kdbench.models import hub as models
 from kdbench.run.context import RunContext
 from kdbench.tasks.manifest import load_task
 from kdbench.tasks.splits import make_splits
-from kdbench.training.loop import batches, chain, sft_loss, shifted, to_device, train_loop
+from kdbench.training.loop import LoopSettings, batches, chain, sft_loss, shifted, to_device, train_loop
 from kdbench.training.objectives import get_objective
 
 
@@ -75,8 +75,8 @@ def main() -> None:
 
     def sft_epoch() -> Any:
         student = fresh_student()
-        train_loop(student, data, sft_loss, config, seed=args.seed, pad_id=ctx.tokenizer.pad_token_id,
-                   device=ctx.device)
+        train_loop(student, data, sft_loss, config,
+                   LoopSettings(seed=args.seed, pad_id=ctx.tokenizer.pad_token_id, device=ctx.device))
         return student
 
     def kd_epoch(cached: bool) -> Any:

@@ -28,7 +28,7 @@ def child(micro: int | None, batch_size: int, examples: int, threads: int) -> No
     from kdbench.run.context import RunContext
     from kdbench.tasks.manifest import load_task
     from kdbench.tasks.splits import make_splits
-    from kdbench.training.loop import sft_loss, train_loop
+    from kdbench.training.loop import LoopSettings, sft_loss, train_loop
 
     torch.set_num_threads(threads)
     task = load_task("synthetic-pii")
@@ -39,8 +39,8 @@ def child(micro: int | None, batch_size: int, examples: int, threads: int) -> No
     config = replace(ctx.training("teacher"), epochs=1, batch_size=batch_size)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    train_loop(model, data, sft_loss, config, seed=0, pad_id=ctx.tokenizer.pad_token_id, device=ctx.device,
-               micro_batch=micro)
+    settings = LoopSettings(seed=0, pad_id=ctx.tokenizer.pad_token_id, device=ctx.device, micro_batch=micro)
+    train_loop(model, data, sft_loss, config, settings)
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"micro": micro, "peak_increase_mb": (after - before) / 1024, "seconds": seconds,

@@ -14,7 +14,8 @@ The names, by what a plugin does with them (docs/plugins.md documents each hook 
   :class:`ShadowRecipe`, :func:`scoring_context`, :func:`token_stats_of`, :func:`mean_logprob`, :func:`lowest_k`;
 - distillers: :class:`DistillJob`, :func:`distillation_loss`, the objectives, cached :func:`teacher_outputs`, the
   sampling/replay strategies and the policy-gradient pieces on-policy distillers compose, and the training loop's
-  building blocks (:func:`sft_loss`, :func:`chain`, :func:`collate`, ...);
+  building blocks (:func:`train_loop` and its :class:`LoopSettings`, :func:`sft_loss`, :func:`chain`,
+  :func:`collate`, ...);
 - defenses: :class:`DefenseBase`, :class:`DefenseContext`, :data:`STAGES`, :func:`resolve_attack`,
   :func:`flag_vulnerable`, :func:`write_marker`, :func:`load_model`, :func:`best_balanced_accuracy`.
 """
@@ -58,7 +59,7 @@ from kdbench.scoring.context import ScoringContext, ShadowRecipe
 from kdbench.scoring.inputs import Attack, AttackInputs, scoring_context, token_stats_of
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats, lowest_k, mean_logprob
-from kdbench.training.loop import LossFn, chain, collate, sft_loss, shifted, to_device, train_loop
+from kdbench.training.loop import LoopSettings, LossFn, chain, collate, sft_loss, shifted, to_device, train_loop
 from kdbench.training.objectives import OBJECTIVES, jsd_from_trl_beta, rkl
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "Example",
     "GroundTruth",
     "KdbenchError",
+    "LoopSettings",
     "LossFn",
     "MixedSampling",
     "Need",

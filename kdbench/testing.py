@@ -52,7 +52,7 @@ from kdbench.scoring.inputs import AttackInputs
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats, compute_token_stats
 from kdbench.tasks import synthetic
-from kdbench.training.loop import encode, sft_loss, train_loop
+from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
 
 __all__ = [
     "TINY_TASK_YAML",
@@ -249,10 +249,8 @@ def _build_world() -> TinyWorld:
     tokenizer = models.train_bpe_tokenizer([TEMPLATE.prompt(e) + e.response for e in records], VOCAB_SIZE)
     world = TinyWorld(tokenizer, TEMPLATE, members, nonmembers, public, records[3 * N_PER_ROLE :], teacher=None)
     teacher = models.init_model(MODEL, tokenizer, SEED)
-    train_loop(
-        teacher, world.encode(members), sft_loss, TEACHER_TRAINING, seed=SEED, pad_id=world.pad_id,
-        device=world.device, label="kdbench.testing teacher",
-    )
+    settings = LoopSettings(seed=SEED, pad_id=world.pad_id, device=world.device, label="kdbench.testing teacher")
+    train_loop(teacher, world.encode(members), sft_loss, TEACHER_TRAINING, settings)
     world.teacher = teacher
     return world
 
@@ -300,8 +298,9 @@ class KitHost(ScoringHost):
 
         def build(tmp: Path) -> None:
             model = models.init_model(ref, self.tokenizer, SEED)
-            train_loop(model, self.encode(data), sft_loss, config, seed=SEED, pad_id=self.world.pad_id,
-                       device=self.device, label=f"kdbench.testing {role}")
+            settings = LoopSettings(seed=SEED, pad_id=self.world.pad_id, device=self.device,
+                                    label=f"kdbench.testing {role}")
+            train_loop(model, self.encode(data), sft_loss, config, settings)
             models.save_model(model, self.tokenizer, tmp)
 
         return TrainedModel(role, role, spec_key(spec), self.cache.get_or_build("model", spec, build), ref)

@@ -21,7 +21,7 @@ from kdbench.models import hub as models
 from kdbench.scoring.context import ScoringContext, external_model
 from kdbench.tasks import synthetic
 from kdbench.testing import single_thread
-from kdbench.training.loop import sft_loss, train_loop
+from kdbench.training.loop import LoopSettings, sft_loss, train_loop
 
 SEED = 5
 N = 16  # members, non-members and reference texts each
@@ -65,8 +65,8 @@ class AttackWorld:
 def _train(tokenizer: Any, texts: Sequence[str], out: Path) -> Path:
     model = models.init_model(BASE, tokenizer, SEED)
     data = [encode_text(t, tokenizer, MAX_TOKENS) for t in texts]
-    train_loop(model, [e for e in data if e is not None], sft_loss, MEMORISE, seed=SEED,
-               pad_id=tokenizer.pad_token_id, device=CPU)
+    train_loop(model, [e for e in data if e is not None], sft_loss, MEMORISE,
+               LoopSettings(seed=SEED, pad_id=tokenizer.pad_token_id, device=CPU))
     models.save_model(model, tokenizer, out)
     return out
 

@@ -17,7 +17,7 @@ import torch
 from kdbench.core.progress import NullReporter
 from kdbench.core.types import TrainConfig
 from kdbench.scoring.tokenstats import compute_token_stats
-from kdbench.training.loop import IGNORE, collate, generate, sft_loss, train_loop
+from kdbench.training.loop import IGNORE, LoopSettings, collate, generate, sft_loss, train_loop
 from kdbench.training.memory import OutOfMemory, is_out_of_memory, split_rows, token_shares
 from tests.distill_helpers import data, single_thread, tiny_model  # noqa: F401 - single_thread is autouse
 
@@ -66,7 +66,7 @@ def without_dropout(model: Any) -> Any:
 def trained(examples: list[Any], **options: Any) -> tuple[dict[str, torch.Tensor], list[float], Any]:
     model = without_dropout(tiny_model(5))
     device = Device(model, options.pop("fits", 10**6))
-    losses = train_loop(model, examples, sft_loss, CONFIG, seed=0, pad_id=0, device=CPU, **options)
+    losses = train_loop(model, examples, sft_loss, CONFIG, LoopSettings(seed=0, pad_id=0, device=CPU, **options))
     device.handle.remove()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses, device
 
@@ -138,7 +138,7 @@ def test_other_errors_are_not_taken_for_out_of_memory(examples: list[Any]) -> No
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        train_loop(tiny_model(5), examples, broken, CONFIG, seed=0, pad_id=0, device=CPU)
+        train_loop(tiny_model(5), examples, broken, CONFIG, LoopSettings(seed=0, pad_id=0, device=CPU))
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(ValueError("out of memory"))
 

@@ -63,7 +63,7 @@ def test_the_bf16_path_trains_and_scores_finitely(tiny_pretrained: Path, tmp_pat
     from kdbench.core.data import PromptTemplate
     from kdbench.core.types import TrainConfig
     from kdbench.scoring.tokenstats import compute_token_stats
-    from kdbench.training.loop import encode, sft_loss, train_loop
+    from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
     from kdbench.training.loop import generate as decode
 
     tokenizer = models.load_tokenizer(tiny_pretrained)
@@ -72,8 +72,8 @@ def test_the_bf16_path_trains_and_scores_finitely(tiny_pretrained: Path, tmp_pat
     template = PromptTemplate("{instruction}\n{context}\n", "{instruction}\n")
     data = encode(generate(3, 10, 24), tokenizer, template, max_prompt=48, max_total=96)
     cpu = torch.device("cpu")
-    losses = train_loop(model, data, sft_loss, TrainConfig(lr=1e-3, epochs=2, batch_size=8), seed=0,
-                        pad_id=tokenizer.pad_token_id, device=cpu)
+    losses = train_loop(model, data, sft_loss, TrainConfig(lr=1e-3, epochs=2, batch_size=8),
+                        LoopSettings(seed=0, pad_id=tokenizer.pad_token_id, device=cpu))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     models.save_model(model, tokenizer, tmp_path / "bf16")
     again = models.load_model(tmp_path / "bf16", cpu)

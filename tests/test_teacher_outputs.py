@@ -15,7 +15,7 @@ from kdbench.defense.base import DefenseBase
 from kdbench.defense.stack import DefenseStack
 from kdbench.distill.job import attached
 from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, TOLERANCE, sequences_hash, teacher_outputs
-from kdbench.training.loop import batches, sft_loss, shifted, train_loop
+from kdbench.training.loop import LoopSettings, batches, sft_loss, shifted, train_loop
 from kdbench.training.objectives import OBJECTIVES, TopKLogProbs
 from tests.distill_helpers import (
     data,
@@ -48,8 +48,8 @@ def trained_teacher() -> torch.nn.Module:
     """A teacher fitted to the data for a few epochs: peaked distributions, like a real fine-tuned teacher.
     Shared by the tests, which only run it in eval mode."""
     teacher = tiny_model(1, n_embd=48)
-    train_loop(teacher, data(), sft_loss, TrainConfig(lr=1e-2, epochs=4, batch_size=4), seed=0,
-               pad_id=tokenizer().pad_token_id, device=torch.device("cpu"))
+    train_loop(teacher, data(), sft_loss, TrainConfig(lr=1e-2, epochs=4, batch_size=4),
+               LoopSettings(seed=0, pad_id=tokenizer().pad_token_id, device=torch.device("cpu")))
     return teacher
 
 

@@ -33,7 +33,7 @@ from kdbench.run.context import DEFAULT_TRAINING
 from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, external_model
 from kdbench.scoring.host import encoded_hash
 from kdbench.scoring.needs import Need
-from kdbench.training.loop import encode, sft_loss, train_loop
+from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
 
 TEXT = "text"  # the category of plain-text samples: scored whole, no prompt template
 MIN_SAMPLES = 2  # per file: below this an AUC (let alone a CI) means nothing
@@ -241,8 +241,9 @@ class AuditHost(ScoringHost):
 
         def build(tmp: Path) -> None:
             model = models.init_model(base, self._tokenizer, self.seed, self.trust_remote_code)
-            train_loop(model, encoded, sft_loss, config, seed=self.seed, pad_id=self._tokenizer.pad_token_id,
-                       device=self.device, reporter=self.reporter, label=f"training {label}")
+            settings = LoopSettings(seed=self.seed, pad_id=self._tokenizer.pad_token_id, device=self.device,
+                                    reporter=self.reporter, label=f"training {label}")
+            train_loop(model, encoded, sft_loss, config, settings)
             models.save_model(model, self._tokenizer, tmp)
 
         path = self.cache.get_or_build("model", spec, build)

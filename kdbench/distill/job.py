@@ -20,6 +20,7 @@ from kdbench.defense.stack import DefenseStack
 from kdbench.models import hub as models
 from kdbench.training.loop import (
     BatchHook,
+    LoopSettings,
     LossFn,
     OptimizerHook,
     response_cross_entropy,
@@ -117,22 +118,17 @@ class DistillJob:
         digest = hashlib.sha256(f"{self.seed}:{purpose}".encode()).digest()
         return torch.Generator(device=self.device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
+    def loop_settings(self, prepare: BatchHook | None = None) -> LoopSettings:
+        """The shared loop's settings for this job (seed, device, progress, micro-batches, the defenses'
+        optimizer hook) with a distiller's own ``prepare`` hook."""
+        return LoopSettings(
+            seed=self.seed, pad_id=self.pad_id, device=self.device, reporter=self.reporter, label=self.label,
+            prepare=prepare, optimizer_hook=self.optimizer_hook, micro_batch=self.micro_batch,
+        )
+
     def train(self, loss_fn: LossFn, config: TrainConfig, prepare: BatchHook | None = None) -> list[float]:
         self.teacher.to(self.device)
-        return train_loop(
-            self.student,
-            self.data,
-            loss_fn,
-            config,
-            seed=self.seed,
-            pad_id=self.pad_id,
-            device=self.device,
-            reporter=self.reporter,
-            label=self.label,
-            prepare=prepare,
-            optimizer_hook=self.optimizer_hook,
-            micro_batch=self.micro_batch,
-        )
+        return train_loop(self.student, self.data, loss_fn, config, self.loop_settings(prepare))
 
     def train_steps(
         self,
@@ -144,20 +140,7 @@ class DistillJob:
     ) -> list[float]:
         """Like :meth:`train`, over ``total_steps`` batches made as training goes (e.g. PPO rollouts)."""
         self.teacher.to(self.device)
-        return train_steps(
-            self.student,
-            source,
-            total_steps,
-            loss_fn,
-            config,
-            seed=self.seed,
-            device=self.device,
-            reporter=self.reporter,
-            label=self.label,
-            prepare=prepare,
-            optimizer_hook=self.optimizer_hook,
-            micro_batch=self.micro_batch,
-        )
+        return train_steps(self.student, source, total_steps, loss_fn, config, self.loop_settings(prepare))
 
 
 def distillation_loss(job: DistillJob, objective: str, kd_ratio: float = 1.0, **options: float) -> LossFn:

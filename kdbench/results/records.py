@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,46 +106,91 @@ _UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fp
 
 
 def validate_record(obj: Any) -> list[str]:
-    """Every reason ``obj`` is not a valid results record (empty when it is)."""
+    """Every reason ``obj`` is not a valid results record (empty when it is). Values are checked only once every
+    field has its type, so each value check may read its fields unguarded."""
     if not isinstance(obj, dict):
         return [f"a record must be a JSON object, got {type(obj).__name__}"]
-    problems: list[str] = []
-    for key, types in _REQUIRED.items():
-        if key not in obj:
-            problems.append(f"missing field {key!r}")
-        elif isinstance(obj[key], bool) or not isinstance(obj[key], types):
-            problems.append(f"field {key!r} has type {type(obj[key]).__name__}")
-    for key, types in _OPTIONAL.items():
-        if key in obj and (isinstance(obj[key], bool) or not isinstance(obj[key], types)):
-            problems.append(f"field {key!r} has type {type(obj[key]).__name__}")
+    problems = list(_field_types(obj))
     if problems:
         return problems
+    return [problem for check in _VALUE_CHECKS for problem in check(obj)]
+
+
+def _field_types(obj: dict[str, Any]) -> Iterator[str]:
+    """Missing required fields, then fields of the wrong type (a bool is never a number, though Python says so)."""
+    for key, types in _REQUIRED.items():
+        if key not in obj:
+            yield f"missing field {key!r}"
+        elif _wrong_type(obj[key], types):
+            yield f"field {key!r} has type {type(obj[key]).__name__}"
+    for key, types in _OPTIONAL.items():
+        if key in obj and _wrong_type(obj[key], types):
+            yield f"field {key!r} has type {type(obj[key]).__name__}"
+
+
+def _wrong_type(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, bool) or not isinstance(value, types)
+
+
+def _within(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and low <= value <= high
+
+
+def _target(obj: dict[str, Any]) -> Iterator[str]:
     if obj["target"] not in TARGETS:
-        problems.append(f"field 'target' is {obj['target']!r}, expected one of {', '.join(TARGETS)}")
+        yield f"field 'target' is {obj['target']!r}, expected one of {', '.join(TARGETS)}"
+
+
+def _unit_intervals(obj: dict[str, Any]) -> Iterator[str]:
+    """AUC, TPRs and balanced accuracy are rates (absent or None: not measured)."""
     for key in _UNIT_INTERVAL:
         value = obj.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-            problems.append(f"field {key!r} is {value!r}, outside [0, 1]")
+        if value is not None and not _within(value, 0.0, 1.0):
+            yield f"field {key!r} is {value!r}, outside [0, 1]"
+
+
+def _auc_ci(obj: dict[str, Any]) -> Iterator[str]:
     ci = obj["auc_ci"]
-    if len(ci) != 2 or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in ci) or ci[0] > ci[1]:
-        problems.append(f"field 'auc_ci' is {ci!r}, expected [low, high] within [0, 1]")
-    if not (isinstance(obj["rouge_l"], (int, float)) and 0.0 <= obj["rouge_l"] <= 100.0):
-        problems.append(f"field 'rouge_l' is {obj['rouge_l']!r}, outside [0, 100]")
+    if len(ci) != 2 or not all(_within(v, 0.0, 1.0) for v in ci) or ci[0] > ci[1]:
+        yield f"field 'auc_ci' is {ci!r}, expected [low, high] within [0, 1]"
+
+
+def _rouge_l(obj: dict[str, Any]) -> Iterator[str]:
+    """ROUGE-L is reported in percent."""
+    if not _within(obj["rouge_l"], 0.0, 100.0):
+        yield f"field 'rouge_l' is {obj['rouge_l']!r}, outside [0, 100]"
+
+
+def _counts(obj: dict[str, Any]) -> Iterator[str]:
     for key in ("n_members", "n_nonmembers"):
         if obj[key] <= 0:
-            problems.append(f"field {key!r} is {obj[key]!r}, expected a positive count")
+            yield f"field {key!r} is {obj[key]!r}, expected a positive count"
+
+
+def _finite(obj: dict[str, Any]) -> Iterator[str]:
+    """Python's json reads NaN and Infinity as floats; they would poison every mean on the leaderboard."""
     for key, value in obj.items():
         if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"field {key!r} is not a finite number")
+            yield f"field {key!r} is not a finite number"
+
+
+def _per_block(obj: dict[str, Any]) -> Iterator[str]:
+    """The per-block AUCs ``kdbench analyze blocks`` attached, when there are any."""
     blocks = obj["provenance"].get(PER_BLOCK_FIELD)
     if blocks is not None and not _unit_list(blocks):
-        problems.append(f"field 'provenance.{PER_BLOCK_FIELD}' must be a non-empty list of AUCs within [0, 1]")
-    return problems
+        yield f"field 'provenance.{PER_BLOCK_FIELD}' must be a non-empty list of AUCs within [0, 1]"
+
+
+# In this order: a record's problems are listed as they always were.
+_VALUE_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
+    _target, _unit_intervals, _auc_ci, _rouge_l, _counts, _finite, _per_block,
+)
 
 
 def _unit_list(values: Any) -> bool:
-    return (isinstance(values, list) and bool(values) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values))
+    """A non-empty list of AUCs (not bools)."""
+    return isinstance(values, list) and bool(values) and all(
+        not isinstance(v, bool) and _within(v, 0.0, 1.0) for v in values)
 
 
 def results_files(paths: Iterable[Path]) -> list[Path]:

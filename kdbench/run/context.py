@@ -21,7 +21,7 @@ from kdbench.models import hub as models
 from kdbench.models.lora import merged, with_lora
 from kdbench.tasks.manifest import Task
 from kdbench.tasks.splits import Splits
-from kdbench.training.loop import encode, sft_loss, train_loop
+from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
 
 # Bump when a stage's code changes what it produces, so stale artifacts are not reused.
 STAGE_VERSION = {"tokenizer": 1, "train": 1, "token_stats": 1, "generations": 1}
@@ -155,10 +155,11 @@ class RunContext:
             model = models.init_model(ref, self.tokenizer, self.seed, self.trust_remote_code, dtype=self.dtype(ref))
             if lora:
                 model = with_lora(model, int(lora["r"]), lora["alpha"], lora["dropout"])
-            losses = train_loop(
-                model, self.encode(data), sft_loss, config, seed=self.seed, pad_id=self.tokenizer.pad_token_id,
-                device=self.device, reporter=self.reporter, label=f"training {label}", micro_batch=self.micro_batch,
+            settings = LoopSettings(
+                seed=self.seed, pad_id=self.tokenizer.pad_token_id, device=self.device, reporter=self.reporter,
+                label=f"training {label}", micro_batch=self.micro_batch,
             )
+            losses = train_loop(model, self.encode(data), sft_loss, config, settings)
             if lora:
                 model = merged(model)
             models.save_model(model, self.tokenizer, tmp)

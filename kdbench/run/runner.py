@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,18 @@ from typing import Any
 from kdbench.core.cache import ArtifactCache
 from kdbench.core.errors import OutputError
 from kdbench.core.progress import NullReporter, Reporter
-from kdbench.core.registry import Registry
+from kdbench.core.registry import Registry, Resolved
 from kdbench.evaluation.attacks import TargetEvaluation
 from kdbench.models.families import get_family
 from kdbench.results.records import ResultRecord
 from kdbench.run.cells import CellOutcome, GroupBase, _failure, _set_threads, make_context
 from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
-from kdbench.run.executors.local import _executor
+from kdbench.run.executors.local import Executor, _executor
 from kdbench.run.grid import Cell, Grid
 from kdbench.run.plan import check_defenses, defense_stacks, expand, resolve
 from kdbench.run.state import _RunState
-from kdbench.tasks.manifest import TaskError, load_task
+from kdbench.tasks.manifest import Task, TaskError, load_task
 
 
 @dataclass
@@ -66,6 +67,17 @@ def prepare_out(out: Path | None) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What the grid loop needs, known once the whole command has been checked: past this point nothing fails
+    for a typo, an unknown plugin or a defense that cannot apply, so no training is wasted on one."""
+
+    grid: Grid
+    attacks: list[Resolved]
+    out: Path
+    executor: Executor
+
+
 class Runner:
     """Runs one invocation of ``kdbench run`` over its grid."""
 
@@ -84,44 +96,61 @@ class Runner:
     def run(self) -> RunResult:
         start = time.perf_counter()
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        _set_threads(self.config)
+        plan = self.plan()
+        state = _RunState(out=plan.out, config=self.config, attacks=plan.attacks, started=started)
+        groups = self._contexts(plan.grid, state, start)
+        self._collect(groups, plan.executor(groups, plan.attacks, self.registry), state, start)
+        wall = time.perf_counter() - start
+        state.write(self.cache, wall)
+        return RunResult(
+            plan.out, state.evaluations, state.records, [a.label for a in plan.attacks], state.failures,
+            self.cache.hits, self.cache.builds, wall,
+        )
+
+    def plan(self) -> RunPlan:
+        """Resolve plugins, tasks and defenses and create the output directory; raise on the first mistake."""
         config = self.config
-        _set_threads(config)
-        # Everything that can be wrong with the command fails here, before any training.
         distillers = expand(self.registry, "distillers", config.distillers)
         resolve(self.registry, "distillers", distillers)
         stacks = defense_stacks(self.registry, config.defenses)
         attacks = resolve(self.registry, "attacks", config.attacks)
         if config.family:
             get_family(config.family)
-        for task_name in config.tasks:
-            task = load_task(task_name)
-            if task.eval_only:
-                raise TaskError(
-                    f"{task.path}: task {task.name!r} is a utility evaluation set (eval role only); it has no "
-                    "private/public/holdout roles to distil from and attack. Pick a task with all four roles."
-                )
-        students = {m[1] or load_task(task_name).models.student for task_name in config.tasks for m in config.models}
+        tasks = [_distillable(load_task(name)) for name in config.tasks]
+        students = {m[1] or task.models.student for task in tasks for m in config.models}
         check_defenses(self.registry, stacks, distillers, students, config.trust_remote_code)
         grid = Grid(
             tuple(config.tasks), tuple(config.seeds), tuple(config.models), tuple(distillers), tuple(stacks),
             tuple(config.attacks),
         )
-        out = prepare_out(config.out)
-        executor = _executor(config, self.cache)
+        return RunPlan(grid, attacks, prepare_out(config.out), _executor(config, self.cache))
 
-        state = _RunState(out=out, config=config, attacks=attacks, started=started)
+    def _contexts(self, grid: Grid, state: _RunState, start: float) -> list[tuple[list[Cell], RunContext]]:
+        """The grid's groups, each with its context (task data and splits, no training); a group whose data
+        cannot be read is recorded as failed here and left out."""
         splits_memo: dict[Any, Any] = {}
         groups: list[tuple[list[Cell], RunContext]] = []
         for _group, group_cells in itertools.groupby(grid.cells(), key=lambda c: c.group):
             cells = list(group_cells)
-            try:  # task data and splits, no training: a group whose data cannot be read fails here
-                groups.append((cells, make_context(config, cells[0], self.cache, self.reporter, splits_memo)))
+            try:
+                groups.append((cells, make_context(self.config, cells[0], self.cache, self.reporter, splits_memo)))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
                 state.fail_group(cells, _failure(exc, "teacher/baseline failed: "))
                 state.write(self.cache, time.perf_counter() - start)
-        events = executor(groups, attacks, self.registry)
+        return groups
+
+    def _collect(
+        self,
+        groups: list[tuple[list[Cell], RunContext]],
+        events: Iterator[GroupBase | CellOutcome],
+        state: _RunState,
+        start: float,
+    ) -> None:
+        """Record the executor's events as they come: each group's teacher and baseline, then its cells; the
+        results are rewritten after every cell."""
         for cells, ctx in groups:
             base = next(events)
             assert isinstance(base, GroupBase)
@@ -131,17 +160,24 @@ class Runner:
             for _cell in cells:
                 outcome = next(events)
                 assert isinstance(outcome, CellOutcome)
-                if outcome.evaluation is not None:
-                    state.add(outcome.evaluation, ctx, outcome.defense_report)
-                else:
-                    state.failures.append(outcome)
-                    self.reporter.log(f"cell failed: {outcome.cell.label}: {outcome.error}", level="error")
-                state.timings[outcome.cell.label] = round(outcome.seconds, 3)
+                self._record_cell(outcome, ctx, state)
                 state.write(self.cache, time.perf_counter() - start)
             state.merge_timings(ctx.timings)
-        wall = time.perf_counter() - start
-        state.write(self.cache, wall)
-        return RunResult(
-            out, state.evaluations, state.records, [a.label for a in attacks], state.failures,
-            self.cache.hits, self.cache.builds, wall,
+
+    def _record_cell(self, outcome: CellOutcome, ctx: RunContext, state: _RunState) -> None:
+        if outcome.evaluation is not None:
+            state.add(outcome.evaluation, ctx, outcome.defense_report)
+        else:
+            state.failures.append(outcome)
+            self.reporter.log(f"cell failed: {outcome.cell.label}: {outcome.error}", level="error")
+        state.timings[outcome.cell.label] = round(outcome.seconds, 3)
+
+
+def _distillable(task: Task) -> Task:
+    """``task``, unless it is an evaluation set only (nothing to distil from or attack)."""
+    if task.eval_only:
+        raise TaskError(
+            f"{task.path}: task {task.name!r} is a utility evaluation set (eval role only); it has no "
+            "private/public/holdout roles to distil from and attack. Pick a task with all four roles."
         )
+    return task

@@ -111,37 +111,42 @@ def _record(
     attacks: list[Resolved],
     defense_report: dict[str, Any],
 ) -> ResultRecord:
+    """One attack's result on one target model, with what it takes to reproduce and compare it."""
     attack = next(a for a in attacks if a.label == attack_label)
-    student = e.target == "student"
-    env = environment()
     return ResultRecord(
-        run_id=run_id,
-        task=ctx.task.name,
-        protocol=ctx.task.distill_on,
-        distiller=e.distiller.info.name if student and e.distiller else None,
-        defense="+".join(d.info.name for d in e.defenses) if student else None,
-        target=e.target,
-        attack=attack.info.name,
-        auc=m.auc,
-        auc_ci=list(m.auc_ci),
-        tpr_at_1pct_fpr=m.tpr_at_1pct_fpr,
-        tpr_at_01pct_fpr=m.tpr_at_01pct_fpr,
-        tpr_at_5pct_fpr=m.tpr_at_5pct_fpr,
-        fpr_resolution=m.fpr_resolution,
-        balanced_accuracy=m.balanced_accuracy,
-        n_members=m.n_members,
-        n_nonmembers=m.n_nonmembers,
-        rouge_l=e.rouge_l,
-        rouge_l_ci=list(e.rouge_l_ci),
-        memorization=e.memorization,
-        roc=m.roc,
-        seed=ctx.seed,
-        model=e.trained.ref,
-        kdbench_version=__version__,
-        git_commit=env["git_commit"],
-        distiller_params=params_dict(e.distiller.instance.params) if student and e.distiller else {},
-        defense_params={d.info.name: params_dict(d.instance.params) for d in e.defenses} if student else {},
-        defense_report=defense_report if student else {},
-        attack_params=params_dict(attack.instance.params),
-        provenance=provenance,
+        run_id=run_id, task=ctx.task.name, protocol=ctx.task.distill_on, target=e.target, attack=attack.info.name,
+        rouge_l=e.rouge_l, rouge_l_ci=list(e.rouge_l_ci), memorization=e.memorization,
+        seed=ctx.seed, model=e.trained.ref, kdbench_version=__version__, git_commit=environment()["git_commit"],
+        attack_params=params_dict(attack.instance.params), provenance=provenance,
+        **_membership_fields(m), **_cell_fields(e, defense_report),
     )
+
+
+def _membership_fields(m: metrics.MembershipMetrics) -> dict[str, Any]:
+    """The record's fields that are the attack's membership metrics (tuples as lists, as JSON reads back)."""
+    return {
+        "auc": m.auc,
+        "auc_ci": list(m.auc_ci),
+        "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr,
+        "tpr_at_01pct_fpr": m.tpr_at_01pct_fpr,
+        "tpr_at_5pct_fpr": m.tpr_at_5pct_fpr,
+        "fpr_resolution": m.fpr_resolution,
+        "balanced_accuracy": m.balanced_accuracy,
+        "n_members": m.n_members,
+        "n_nonmembers": m.n_nonmembers,
+        "roc": m.roc,
+    }
+
+
+def _cell_fields(e: TargetEvaluation, defense_report: dict[str, Any]) -> dict[str, Any]:
+    """Distiller and defenses with their parameters and report: a student's alone, since teacher and no-KD
+    baseline depend on neither (their records carry None and empty dicts)."""
+    if e.target != "student":
+        return {"distiller": None, "defense": None, "distiller_params": {}, "defense_params": {}, "defense_report": {}}
+    return {
+        "distiller": e.distiller.info.name if e.distiller else None,
+        "defense": "+".join(d.info.name for d in e.defenses),
+        "distiller_params": params_dict(e.distiller.instance.params) if e.distiller else {},
+        "defense_params": {d.info.name: params_dict(d.instance.params) for d in e.defenses},
+        "defense_report": defense_report,
+    }

@@ -1,13 +1,15 @@
 """Encoding, batching, the shared training loop and batched generation.
 
 Every stage (teacher SFT, baseline SFT, every distiller) trains through :func:`train_loop`, so optimiser,
-schedule, clipping, seeding and progress are identical across techniques and only the loss differs.
+schedule, clipping, seeding and progress are identical across techniques and only the loss differs; what else a
+run needs travels as one :class:`LoopSettings`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -113,43 +115,43 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def train_loop(
-    model: Any,
-    data: Sequence[Encoded],
-    loss_fn: LossFn,
-    config: TrainConfig,
-    *,
-    seed: int,
-    pad_id: int,
-    device: torch.device,
-    reporter: Reporter | None = None,
-    label: str = "training",
-    prepare: BatchHook | None = None,
-    optimizer_hook: OptimizerHook | None = None,
-    micro_batch: int | None = None,
-) -> list[float]:
-    """Train ``model`` in place for ``config.epochs`` epochs; return the loss of every step.
+@dataclass(frozen=True)
+class LoopSettings:
+    """How a training run goes besides its model, data, loss and recipe (``TrainConfig``): built once where a run
+    is set up and passed whole, so trainers share one way of calling the loop instead of a dozen keywords.
 
-    ``prepare(step, batch)`` may add tensors to a batch (e.g. cached teacher outputs by example index, which
-    the loop provides as ``batch["index"]``) or replace it (e.g. with student samples); ``optimizer_hook``
-    lets a defense wrap model/optimizer/data (DP-SGD). ``micro_batch`` caps the rows per forward pass (see
-    :func:`train_steps`).
+    ``pad_id`` pads the batches :func:`train_loop` collates; ``prepare(step, batch)`` may add tensors to a batch
+    (e.g. cached teacher outputs, by the ``batch["index"]`` that :func:`train_loop` provides) or replace it
+    (student samples); ``optimizer_hook`` lets a defense wrap model/optimizer/scheduler (DP-SGD);
+    ``micro_batch`` caps the rows per forward pass (None: whole batches; see :func:`train_steps`).
     """
+
+    seed: int
+    pad_id: int
+    device: torch.device
+    reporter: Reporter = field(default_factory=NullReporter)
+    label: str = "training"
+    prepare: BatchHook | None = None
+    optimizer_hook: OptimizerHook | None = None
+    micro_batch: int | None = None
+
+
+def train_loop(
+    model: Any, data: Sequence[Encoded], loss_fn: LossFn, config: TrainConfig, settings: LoopSettings
+) -> list[float]:
+    """Train ``model`` in place for ``config.epochs`` epochs of shuffled batches; return the loss of every step."""
     if not data:
-        raise ValueError(f"{label}: no training examples")
-    generator = torch.Generator().manual_seed(seed)
+        raise ValueError(f"{settings.label}: no training examples")
+    generator = torch.Generator().manual_seed(settings.seed)
 
     def epochs() -> Iterator[dict[str, torch.Tensor]]:
         for _epoch in range(config.epochs):
-            for idx, batch in batches(data, config.batch_size, pad_id, generator):
+            for idx, batch in batches(data, config.batch_size, settings.pad_id, generator):
                 batch["index"] = torch.tensor(idx, dtype=torch.long)
                 yield batch
 
     total = math.ceil(len(data) / config.batch_size) * config.epochs
-    return train_steps(
-        model, epochs(), total, loss_fn, config, seed=seed, device=device, reporter=reporter, label=label,
-        prepare=prepare, optimizer_hook=optimizer_hook, micro_batch=micro_batch,
-    )
+    return train_steps(model, epochs(), total, loss_fn, config, settings)
 
 
 def train_steps(
@@ -158,14 +160,7 @@ def train_steps(
     total_steps: int,
     loss_fn: LossFn,
     config: TrainConfig,
-    *,
-    seed: int,
-    device: torch.device,
-    reporter: Reporter | None = None,
-    label: str = "training",
-    prepare: BatchHook | None = None,
-    optimizer_hook: OptimizerHook | None = None,
-    micro_batch: int | None = None,
+    settings: LoopSettings,
 ) -> list[float]:
     """The optimisation loop of :func:`train_loop` over ``total_steps`` batches drawn lazily from ``source``.
 
@@ -173,18 +168,19 @@ def train_steps(
     being trained): the batch of step t is only requested after step t − 1's update. ``config.epochs`` is not
     used; the cosine schedule spans ``total_steps``. Stops early if ``source`` runs out.
 
-    Memory-aware: each batch goes through the model ``micro_batch`` rows at a time (default: all of it), with
-    gradients accumulated over the pieces (:mod:`kdbench.training.memory`); on an out-of-memory error the step is
-    redone with half as many rows per piece. ``loss_fn`` must be a mean over the batch's response tokens for
-    this to equal the full-batch update. With an ``optimizer_hook`` (DP-SGD: per-sample clipping depends on
-    how the batch is cut) batches are never split and out-of-memory is an error that says what to lower.
+    Memory-aware: each batch goes through the model ``settings.micro_batch`` rows at a time (default: all of
+    it), with gradients accumulated over the pieces (:mod:`kdbench.training.memory`); on an out-of-memory error
+    the step is redone with half as many rows per piece. ``loss_fn`` must be a mean over the batch's response
+    tokens for this to equal the full-batch update. With an ``optimizer_hook`` (DP-SGD: per-sample clipping
+    depends on how the batch is cut) batches are never split and out-of-memory is an error that says what to
+    lower.
     """
-    reporter = reporter or NullReporter()
+    label, device, reporter, prepare = settings.label, settings.device, settings.reporter, settings.prepare
     if total_steps < 1:
         raise ValueError(f"{label}: nothing to train ({total_steps} steps)")
     model.to(device)
     model.train()
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -193,10 +189,11 @@ def train_steps(
     )
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    if optimizer_hook is not None:
-        model, optimizer, scheduler = optimizer_hook(model, optimizer, scheduler)
-    budget = RowBudget(label, micro_batch, reporter)
-    if micro_batch is not None and optimizer_hook is not None:
+    if settings.optimizer_hook is not None:
+        model, optimizer, scheduler = settings.optimizer_hook(model, optimizer, scheduler)
+    splittable = settings.optimizer_hook is None
+    budget = RowBudget(label, settings.micro_batch, reporter)
+    if settings.micro_batch is not None and not splittable:
         reporter.log(f"{label}: micro-batches are off (a defense wraps the optimizer: DP-SGD clips per sample); "
                      f"each batch of {config.batch_size} rows goes through whole")
     losses: list[float] = []
@@ -206,7 +203,6 @@ def train_steps(
             if prepare is not None:
                 batch = prepare(step, batch)
             batch = to_device(batch, device)
-            splittable = optimizer_hook is None
             loss = _accumulate(model, batch, loss_fn, optimizer, budget, step, device, splittable=splittable)
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

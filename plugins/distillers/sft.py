@@ -32,12 +32,8 @@ class SFT:
 
     def distill(self, job: DistillJob) -> Any:
         # train_loop directly: DistillJob.train would move the teacher to the device, and sft never needs it.
-        train_loop(
-            job.student, job.data, sft_loss, job.with_overrides(self.params.lr, self.params.epochs),
-            seed=job.seed, pad_id=job.pad_id, device=job.device, reporter=job.reporter, label=job.label,
-            prepare=GroundTruth(self.observers), optimizer_hook=job.optimizer_hook,
-            micro_batch=job.micro_batch,
-        )
+        config = job.with_overrides(self.params.lr, self.params.epochs)
+        train_loop(job.student, job.data, sft_loss, config, job.loop_settings(GroundTruth(self.observers)))
         return job.student
 
 
