@@ -52,7 +52,7 @@ from kdbench.scoring.inputs import AttackInputs
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats, compute_token_stats
 from kdbench.tasks import synthetic
-from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
+from kdbench.training.loop import LoopSettings, collate, encode, sft_loss, train_loop
 
 __all__ = [
     "TINY_TASK_YAML",
@@ -394,8 +394,6 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def _check_model_runs(check: str, model: Any, world: TinyWorld, what: str) -> None:
     """A forward pass gives finite next-token logits over the tokenizer's vocabulary."""
-    from kdbench.training.loop import collate
-
     batch = collate(world.encode(world.public[:2]), world.pad_id)
     try:
         with torch.no_grad():

@@ -30,6 +30,7 @@ from kdbench.evaluation.attacks import run_attacks
 from kdbench.models import hub as models
 from kdbench.results.writers import score_lines
 from kdbench.run.context import DEFAULT_TRAINING
+from kdbench.run.plan import resolve
 from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, external_model
 from kdbench.scoring.host import encoded_hash
 from kdbench.scoring.needs import Need
@@ -313,8 +314,6 @@ def run_audit(
     config: AuditConfig, registry: Registry, cache: ArtifactCache | None = None, reporter: Reporter | None = None
 ) -> AuditResult:
     """Attack ``config.model`` with every attack; input problems fail before any model is loaded."""
-    from kdbench.run.plan import resolve
-
     attacks: list[Resolved] = resolve(registry, "attacks", config.attacks)
     members = read_samples(config.members, "member")
     nonmembers = read_samples(config.nonmembers, "non-member")

@@ -19,6 +19,7 @@ from typing import Any
 
 from kdbench.core.data import Example
 from kdbench.core.errors import TaskError, UnknownNameError
+from kdbench.tasks import synthetic
 from kdbench.tasks.manifest import Task
 
 DATA_DIR_ENV = "KDBENCH_DATA_DIR"
@@ -78,8 +79,6 @@ def file_sha256(path: Path) -> str:
 
 # --- generators ---------------------------------------------------------------------------------------------------
 def _synthetic_pii(task: Task, params: dict[str, Any]) -> tuple[list[Example], str]:
-    from kdbench.tasks import synthetic
-
     return synthetic.generate(seed=task.seed, **params), synthetic.GENERATOR_VERSION
 
 
