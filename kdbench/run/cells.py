@@ -97,10 +97,17 @@ def make_context(
     )
 
 
-def _failure(exc: BaseException, prefix: str = "") -> tuple[str, str]:
+def failure_of(exc: BaseException, prefix: str = "") -> tuple[str, str]:
     """(message for the summary, traceback for run.json) of an exception that stopped a group or a cell."""
     message = str(exc) if isinstance(exc, KdbenchError) else f"{type(exc).__name__}: {exc}"
     return prefix + message, traceback.format_exc()
+
+
+def own_context(config: RunConfig, cell: Cell, cache_root: Path | None) -> RunContext:
+    """The context of a group or cell run on its own (a Ray task): its threads, cache and a silent reporter."""
+    set_threads(config)
+    cache = ArtifactCache(cache_root) if cache_root else ArtifactCache()
+    return make_context(config, cell, cache, NullReporter())
 
 
 def run_group_base(
@@ -114,9 +121,7 @@ def run_group_base(
     their own failures (they are the outcome)."""
     try:
         if ctx is None:
-            _set_threads(config)
-            cache = ArtifactCache(cache_root) if cache_root else ArtifactCache()
-            ctx = make_context(config, cell, cache, NullReporter())
+            ctx = own_context(config, cell, cache_root)
         attacks = attacks if attacks is not None else resolve(get_registry(), "attacks", config.attacks)
         members, nonmembers = attack_samples(ctx.task, ctx.splits)
         evaluate = Evaluator(ctx, members, nonmembers, attacks)
@@ -126,7 +131,7 @@ def run_group_base(
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        error, detail = _failure(exc, "teacher/baseline failed: ")
+        error, detail = failure_of(exc, "teacher/baseline failed: ")
         return GroupBase(error=error, detail=detail)
 
 
@@ -144,7 +149,7 @@ def run_cell_after(
     return run_cell(config, cell, base.teacher, registry=registry, ctx=ctx, cache_root=cache_root)
 
 
-def _set_threads(config: RunConfig) -> None:
+def set_threads(config: RunConfig) -> None:
     if config.threads:
         import torch
 
@@ -164,9 +169,7 @@ def run_cell(
     try:
         registry = registry or get_registry()
         if ctx is None:
-            _set_threads(config)
-            cache = ArtifactCache(cache_root) if cache_root else ArtifactCache()
-            ctx = make_context(config, cell, cache, NullReporter())
+            ctx = own_context(config, cell, cache_root)
         distiller = resolve(registry, "distillers", [cell.distiller])[0]
         stack = resolve(registry, "defenses", list(cell.defenses))
         attacks = resolve(registry, "attacks", config.attacks)
@@ -183,7 +186,7 @@ def run_cell(
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        error, detail = _failure(exc)
+        error, detail = failure_of(exc)
         return CellOutcome(cell, error=error, detail=detail, seconds=time.perf_counter() - start)
 
 

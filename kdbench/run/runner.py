@@ -18,19 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.core.cache import ArtifactCache
-from kdbench.core.errors import OutputError
+from kdbench.core.errors import KdbenchError, OutputError
 from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.registry import Registry, Resolved
 from kdbench.evaluation.attacks import TargetEvaluation
 from kdbench.models.families import get_family
 from kdbench.results.records import ResultRecord
-from kdbench.run.cells import CellOutcome, GroupBase, _failure, _set_threads, make_context
+from kdbench.run.cells import CellOutcome, GroupBase, failure_of, make_context, set_threads
 from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
-from kdbench.run.executors.local import Executor, _executor
+from kdbench.run.executors.local import Executor, local_executor
+from kdbench.run.executors.ray import ray_executor
 from kdbench.run.grid import Cell, Grid
 from kdbench.run.plan import check_defenses, defense_stacks, expand, resolve
-from kdbench.run.state import _RunState
+from kdbench.run.state import RunState
 from kdbench.tasks.manifest import Task, TaskError, load_task
 
 
@@ -96,9 +97,9 @@ class Runner:
     def run(self) -> RunResult:
         start = time.perf_counter()
         started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        _set_threads(self.config)
+        set_threads(self.config)
         plan = self.plan()
-        state = _RunState(out=plan.out, config=self.config, attacks=plan.attacks, started=started)
+        state = RunState(out=plan.out, config=self.config, attacks=plan.attacks, started=started)
         groups = self._contexts(plan.grid, state, start)
         self._collect(groups, plan.executor(groups, plan.attacks, self.registry), state, start)
         wall = time.perf_counter() - start
@@ -124,9 +125,9 @@ class Runner:
             tuple(config.tasks), tuple(config.seeds), tuple(config.models), tuple(distillers), tuple(stacks),
             tuple(config.attacks),
         )
-        return RunPlan(grid, attacks, prepare_out(config.out), _executor(config, self.cache))
+        return RunPlan(grid, attacks, prepare_out(config.out), make_executor(config, self.cache))
 
-    def _contexts(self, grid: Grid, state: _RunState, start: float) -> list[tuple[list[Cell], RunContext]]:
+    def _contexts(self, grid: Grid, state: RunState, start: float) -> list[tuple[list[Cell], RunContext]]:
         """The grid's groups, each with its context (task data and splits, no training); a group whose data
         cannot be read is recorded as failed here and left out."""
         splits_memo: dict[Any, Any] = {}
@@ -138,7 +139,7 @@ class Runner:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                state.fail_group(cells, _failure(exc, "teacher/baseline failed: "))
+                state.fail_group(cells, failure_of(exc, "teacher/baseline failed: "))
                 state.write(self.cache, time.perf_counter() - start)
         return groups
 
@@ -146,7 +147,7 @@ class Runner:
         self,
         groups: list[tuple[list[Cell], RunContext]],
         events: Iterator[GroupBase | CellOutcome],
-        state: _RunState,
+        state: RunState,
         start: float,
     ) -> None:
         """Record the executor's events as they come: each group's teacher and baseline, then its cells; the
@@ -164,13 +165,22 @@ class Runner:
                 state.write(self.cache, time.perf_counter() - start)
             state.merge_timings(ctx.timings)
 
-    def _record_cell(self, outcome: CellOutcome, ctx: RunContext, state: _RunState) -> None:
+    def _record_cell(self, outcome: CellOutcome, ctx: RunContext, state: RunState) -> None:
         if outcome.evaluation is not None:
             state.add(outcome.evaluation, ctx, outcome.defense_report)
         else:
             state.failures.append(outcome)
             self.reporter.log(f"cell failed: {outcome.cell.label}: {outcome.error}", level="error")
         state.timings[outcome.cell.label] = round(outcome.seconds, 3)
+
+
+def make_executor(config: RunConfig, cache: ArtifactCache) -> Executor:
+    """The executor ``config.executor`` names: ``local`` (this process) or ``ray`` (a Ray cluster)."""
+    if config.executor == "local":
+        return local_executor(config)
+    if config.executor == "ray":
+        return ray_executor(config, cache)
+    raise KdbenchError(f"Unknown executor {config.executor!r}; use local or ray.")
 
 
 def _distillable(task: Task) -> Task:

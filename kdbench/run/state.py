@@ -26,7 +26,7 @@ from kdbench.tasks.splits import split_manifest_path
 
 
 @dataclass
-class _RunState:
+class RunState:
     """What the run has produced so far; written atomically after every cell."""
 
     out: Path

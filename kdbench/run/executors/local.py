@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from kdbench.core.cache import ArtifactCache
-from kdbench.core.errors import KdbenchError
 from kdbench.core.registry import Registry, Resolved
 from kdbench.run.cells import CellOutcome, GroupBase, run_cell_after, run_group_base
 from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
-from kdbench.run.executors.ray import ray_executor
 from kdbench.run.grid import Cell
 
 Executor = Any
@@ -20,19 +17,16 @@ and then one :class:`CellOutcome` per cell (cells of a failed group fail with it
 runs (in this process, one cell at a time; or Ray tasks, groups and cells at once) is the executor's business."""
 
 
-def _executor(config: RunConfig, cache: ArtifactCache) -> Executor:
-    if config.executor == "local":
+def local_executor(config: RunConfig) -> Executor:
+    """Each group's teacher and baseline, then its cells, in this process, in grid order."""
 
-        def local(
-            groups: list[tuple[list[Cell], RunContext]], attacks: list[Resolved], registry: Registry
-        ) -> Iterator[GroupBase | CellOutcome]:
-            for cells, ctx in groups:
-                base = run_group_base(config, cells[0], attacks, ctx)
-                yield base
-                for cell in cells:
-                    yield run_cell_after(config, cell, base, registry=registry, ctx=ctx)
+    def execute(
+        groups: list[tuple[list[Cell], RunContext]], attacks: list[Resolved], registry: Registry
+    ) -> Iterator[GroupBase | CellOutcome]:
+        for cells, ctx in groups:
+            base = run_group_base(config, cells[0], attacks, ctx)
+            yield base
+            for cell in cells:
+                yield run_cell_after(config, cell, base, registry=registry, ctx=ctx)
 
-        return local
-    if config.executor == "ray":
-        return ray_executor(config, cache)
-    raise KdbenchError(f"Unknown executor {config.executor!r}; use local or ray.")
+    return execute
