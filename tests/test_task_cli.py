@@ -129,7 +129,7 @@ def test_show_works_on_every_shipped_task_and_never_prints_members(name: str, sc
 
 def test_show_reports_duplicates_and_a_data_file_other_than_the_pinned_one(scaled_data: Path) -> None:
     too_small = kdbench("tasks", "show", "dolly", "--data-dir", str(DATA / "databricks-dolly-15k.jsonl"))
-    assert too_small.exit_code == 1  # 125 rows cannot fill the [Z] protocol's 4,000 non-member rows
+    assert too_small.exit_code == 2  # 125 rows cannot fill the [Z] protocol's 4,000 non-member rows
     assert "key 'splits.eval_rows' is 500" in too_small.output
     report = json.loads(kdbench("tasks", "show", "dolly", "--json", "--data-dir", str(scaled_data)).output)
     assert "key 'source.sha256'" in report["note"]  # not Dolly's real file
@@ -139,7 +139,7 @@ def test_show_reports_duplicates_and_a_data_file_other_than_the_pinned_one(scale
 
 def test_show_without_the_data_says_which_file_to_put_where(tmp_path: Path) -> None:
     result = kdbench("tasks", "show", "dolly", "--data-dir", str(tmp_path))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # refused with a message (docs/running.md: exit statuses)
     flat = " ".join(result.output.split())
     assert f"Put it at {tmp_path}/databricks-dolly-15k.jsonl" in flat and "hf download" in flat
 
@@ -194,7 +194,7 @@ def test_freeze_refuses_a_data_file_other_than_the_pinned_one(frozen_copy: tuple
     manifest, data_file = frozen_copy
     data_file.write_text(data_file.read_text("utf-8").replace("Marrowdale", "Marrowdalf", 1), encoding="utf-8")
     refused = kdbench("tasks", "freeze", str(manifest), "--data-dir", str(data_file.parent))
-    assert refused.exit_code == 1 and "key 'source.sha256'" in refused.output
+    assert refused.exit_code == 2 and "key 'source.sha256'" in refused.output
     out = tmp_path / "elsewhere.json"
     forced = kdbench("tasks", "freeze", str(manifest), "--data-dir", str(data_file.parent), "--force",
                      "--out", str(out))

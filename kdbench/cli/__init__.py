@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from kdbench.core.errors import KdbenchError
+from kdbench.core.errors import EXIT_INTERRUPTED, KdbenchError
 from kdbench.core.version import __version__
 
 # name -> "module:attribute" of a click command or group
@@ -47,7 +47,7 @@ class LazyGroup(click.Group):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             _print_error("Interrupted. Finished artifacts are cached; run the same command again to resume.")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def _print_error(message: str) -> None:

@@ -46,6 +46,7 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 def run(**options: Any) -> None:
     """Distil, attack and score: e.g. `kdbench run --distiller kd --attack loss,mink`."""
     from kdbench.cli.reporter import RichReporter
+    from kdbench.core.errors import EXIT_FAILURES
     from kdbench.core.registry import get_registry
     from kdbench.run.runner import Runner
 
@@ -63,7 +64,7 @@ def run(**options: Any) -> None:
         console.print(f"[bold red]{len(result.failures)} cell(s) failed[/] (details in run.json):")
         for failure in result.failures:
             console.print(f"  - {escape(failure.cell.label)}: {escape(str(failure.error))}", soft_wrap=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURES)
 
 
 def build_config(options: dict[str, Any]) -> Any:
@@ -72,7 +73,7 @@ def build_config(options: dict[str, Any]) -> Any:
     from kdbench.core.params import parse_specs
     from kdbench.models.families import get_family, student_for
     from kdbench.run.config import RunConfig
-    from kdbench.run.grid import load_grid_file, parse_defense_stacks
+    from kdbench.run.grid import check_seeds, load_grid_file, parse_defense_stacks
 
     grid = load_grid_file(options["grid_file"]) if options.get("grid_file") else {}
 
@@ -88,6 +89,7 @@ def build_config(options: dict[str, Any]) -> Any:
         seeds = [int(s) for s in seeds_text]
     except ValueError:
         raise KdbenchError(f"--seed takes integers, got {', '.join(seeds_text)}.") from None
+    check_seeds(seeds, "--seed" if options.get("seeds") else f"{options.get('grid_file')}: key 'seed'")
     family_name = options.get("family") or (grid.get("family") or [None])[0]
     teacher = options.get("teacher") or (grid.get("teacher") or [None])[0]
     students: list[str | None] = list(_split(pick("students", "student")))

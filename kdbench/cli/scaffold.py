@@ -27,8 +27,6 @@ RESERVED_NAMES = frozenset({"all"})  # `--attack all` means every installed atta
 class ScaffoldError(KdbenchError):
     """The plugin cannot be generated as asked (bad kind or name, or the target exists)."""
 
-    exit_code = 2
-
 
 @dataclass(frozen=True)
 class PluginNames:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kdbench.core.errors import KdbenchError
+from kdbench.core.errors import EXIT_FAILURES, KdbenchError
 from kdbench.tasks.manifest import Task, available_tasks, load_task
 from kdbench.tasks.sources import MissingDataError
 from kdbench.tasks.splits import (
@@ -68,7 +68,7 @@ def list_tasks(as_json: bool) -> None:
                           escape(row["description"] or row.get("error", "")))
         Console().print(table)
     if any("error" in row for row in rows):
-        sys.exit(1)
+        sys.exit(EXIT_FAILURES)
 
 
 def _summary(name: str) -> dict[str, Any]:
@@ -209,7 +209,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
             console.print(f"{mark} {escape(result['path'])}" + (f": {escape(result['error'])}" if result["error"]
                                                                   else ""), soft_wrap=True)
     if not all(result["ok"] for result in results):
-        sys.exit(1)
+        sys.exit(EXIT_FAILURES)
 
 
 def _validate_one(target: str, shipped: dict[str, Path]) -> dict[str, Any]:
@@ -249,7 +249,7 @@ def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool
             console.print(f"[{STYLE[result.status]}]{result.status}[/] {escape(result.task)}"
                           + (f": {escape(result.message)}" if result.message else ""), soft_wrap=True)
     if _failed(results, skip_unavailable):
-        sys.exit(1)
+        sys.exit(EXIT_FAILURES)
 
 
 def verify_one(name: str, data_dir: Path | None) -> Verification:

@@ -8,6 +8,7 @@ plugin before it, so ``--distiller kd,gkd:lmbda=0.5,beta=0.5`` is two specs. Val
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ def build_params(params_cls: type[Any], raw: tuple[tuple[str, str], ...], owner:
     hints = typing.get_type_hints(params_cls)
     values: dict[str, Any] = {}
     for key, text in raw:
+        if key in values:
+            raise ParameterError(f"{owner}: parameter {key!r} is given twice; give it once.")
         if key not in fields:
             raise ParameterError(unknown_name_message(f"parameter of {owner}", key, fields))
         values[key] = _coerce(hints[key], text, f"{owner}:{key}")
@@ -109,16 +112,24 @@ def _coerce(hint: Any, text: str, where: str) -> Any:
         raise ParameterError(f"{where}: expected true or false, got {text!r}.")
     if hint in (int, float):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise ParameterError(f"{where}: expected {hint.__name__}, got {text!r}.") from None
+        if math.isnan(value):  # never a meaningful setting; inf is (gradnorm:p=inf)
+            raise ParameterError(f"{where}: expected a number, got {text!r}.")
+        return value
     if hint is str:
         return text
     raise ParameterError(f"{where}: parameters of type {hint!r} cannot be set from the command line.")
 
 
 def check_range(owner: str, name: str, value: float, low: float | None = None, high: float | None = None) -> None:
-    """Raise a ParameterError unless low <= value <= high (a helper for ``Params.__post_init__``)."""
+    """Raise a ParameterError unless low <= value <= high (a helper for ``Params.__post_init__``); NaN is never
+    in range (every comparison with it is false, so it would otherwise slip through)."""
+    if math.isnan(value):
+        raise ParameterError(f"{owner}: {name}=nan is not a number; give a value"
+                             + (f" within [{'-inf' if low is None else low}, {'inf' if high is None else high}]."
+                                if low is not None or high is not None else "."))
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
         raise ParameterError(f"{owner}: {name}={value!r} is outside {bounds}.")

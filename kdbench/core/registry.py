@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata as metadata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, cast
 
 import pluggy
@@ -22,6 +22,9 @@ KINDS = ("distillers", "attacks", "defenses")
 _SINGULAR = {"distillers": "distiller", "attacks": "attack", "defenses": "defense"}
 # The members each kind's class must define (beyond name, description and Params).
 _REQUIRED_METHODS = {"distillers": ("distill",), "attacks": ("score",), "defenses": ()}
+# Characters the command line reads as structure in a plugin list (kdbench.core.params): never in a name; nor is
+# "+" in a defense's, which composes stacks (kdbench.run.grid).
+_NAME_SEPARATORS = (",", ":", "=")
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,22 @@ def _check_class(kind: str, cls: Any, source: str) -> None:
         raise PluginError(f"The {where} ({cls.__qualname__}) lacks: {', '.join(missing)}.")
     if not isinstance(cls.name, str) or not cls.name:
         raise PluginError(f"The {where} ({cls.__qualname__}) has no usable name: {cls.name!r}.")
+    separators = _NAME_SEPARATORS + (("+",) if kind == "defenses" else ())
+    bad = [c for c in cls.name if c in separators]
+    if bad:
+        raise PluginError(
+            f"The {where} ({cls.__qualname__}) has the name {cls.name!r}, which contains {bad[0]!r}: the command "
+            f"line splits {kind} lists on {' '.join(separators)}. Rename it (e.g. with '-')."
+        )
     if not is_dataclass(cls.Params):
         raise PluginError(f"The {where} ({cls.name}): Params must be a dataclass, got {cls.Params!r}.")
+    required = [f.name for f in fields(cls.Params)
+                if f.init and f.default is MISSING and f.default_factory is MISSING]
+    if required:
+        raise PluginError(
+            f"The {where} ({cls.name}): Params field(s) {', '.join(required)} have no default, so "
+            f"`--{_SINGULAR[kind]} {cls.name}` alone could not build them. Give every field a default."
+        )
 
 
 def build_registry(group: str = ENTRY_POINT_GROUP) -> Registry:

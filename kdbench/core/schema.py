@@ -31,8 +31,8 @@ def check(data: Any, schema: dict[str, Field], path: Path, prefix: str = "", par
         raise TaskError(f"{path}: {prefix.rstrip('.') or 'the manifest'} must be a mapping, got {type(data).__name__}.")
     for key in data:
         if key not in schema:
-            where = f"{prefix}{key}"
-            raise TaskError(f"{path}: unknown key {where!r}. " + unknown_name_message("key", str(key), schema))
+            message = unknown_name_message("key", str(key), schema, shown=repr(f"{prefix}{key}"))
+            raise TaskError(f"{path}: {message[0].lower()}{message[1:]}")
     for key, spec in schema.items():
         dotted = f"{prefix}{key}"
         if key not in data:

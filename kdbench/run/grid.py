@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdbench.core.errors import KdbenchError, ParameterError, unknown_name_message
 from kdbench.core.params import PluginSpec, parse_specs
+from kdbench.core.yamlfile import read_yaml
 
 GRID_KEYS = ("distiller", "attack", "defense", "task", "seed", "student", "teacher", "family", "student_size")
 
@@ -91,23 +90,38 @@ def _as_list(value: Any) -> list[Any]:
 
 def load_grid_file(path: Path) -> dict[str, list[Any]]:
     """A YAML grid: the same keys as ``kdbench run``'s options, each a value or a list."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise KdbenchError(f"{path}: cannot read the grid file ({exc.strerror}).") from None
-    except yaml.YAMLError as exc:
-        raise KdbenchError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, KdbenchError, "grid file") or {}
     if not isinstance(data, dict):
         raise KdbenchError(f"{path}: a grid file must be a mapping of {', '.join(GRID_KEYS)}.")
     normalised: dict[str, list[Any]] = {}
+    given_as: dict[str, str] = {}
     for key, value in data.items():
         singular = str(key).rstrip("s") if str(key).rstrip("s") in GRID_KEYS else str(key)
         if singular == "student_size" or key == "student_sizes":
             singular = "student_size"
         if singular not in GRID_KEYS:
             raise KdbenchError(f"{path}: " + unknown_name_message("grid key", str(key), GRID_KEYS))
+        if singular in given_as:
+            raise KdbenchError(f"{path}: keys {given_as[singular]!r} and {key!r} are the same setting; "
+                               f"give one of them (a list).")
+        given_as[singular] = str(key)
         normalised[singular] = [str(v) if singular != "seed" else v for v in _as_list(value)]
     for seed in normalised.get("seed", []):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise KdbenchError(f"{path}: key 'seed' must hold integers, got {seed!r}.")
+    check_seeds(normalised.get("seed", []), f"{path}: key {given_as.get('seed', 'seed')!r}")
     return normalised
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what every generator seeded from it accepts (numpy's is the narrowest)
+
+
+def check_seeds(seeds: list[int], where: str) -> None:
+    """Refuse a seed out of range or given twice (each seed's cells would run, and be recorded, twice)."""
+    low, high = SEED_RANGE
+    for seed in seeds:
+        if not low <= seed <= high:
+            raise KdbenchError(f"{where}: seed {seed} is outside [{low}, {high}]; pick a seed in that range.")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise KdbenchError(f"{where}: seed {', '.join(map(str, repeated))} is given more than once; list each once.")

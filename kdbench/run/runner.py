@@ -29,10 +29,11 @@ from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
 from kdbench.run.executors.local import Executor, local_executor
 from kdbench.run.executors.ray import ray_executor
-from kdbench.run.grid import Cell, Grid
+from kdbench.run.grid import Cell, Grid, check_seeds
 from kdbench.run.plan import check_defenses, defense_stacks, expand, resolve
 from kdbench.run.state import RunState
 from kdbench.tasks.manifest import Task, TaskError, load_task
+from kdbench.tasks.sources import check_generator
 
 
 @dataclass
@@ -118,7 +119,10 @@ class Runner:
         attacks = resolve(self.registry, "attacks", config.attacks)
         if config.family:
             get_family(config.family)
+        check_seeds(list(config.seeds), "seeds")
         tasks = [_distillable(load_task(name)) for name in config.tasks]
+        for task in tasks:
+            check_generator(task)
         students = {m[1] or task.models.student for task in tasks for m in config.models}
         check_defenses(self.registry, stacks, distillers, students, config.trust_remote_code)
         grid = Grid(

@@ -1,6 +1,6 @@
 """Task manifests (``tasks/<name>.yaml``) and the splits they define (docs/tasks.md).
 
-A manifest is plain YAML read with ``yaml.safe_load`` (no executable tags), merged with the files it ``include``s
+A manifest is plain YAML read safely (no executable tags, no key given twice), merged with the files it ``include``s
 and checked strictly: every problem names the file and the dotted key. The splits are content-hashed per role;
 when a split manifest ``tasks/splits/<name>.json`` is shipped, the splits a run computes must match it, so two
 people can prove they evaluated identical data.
@@ -17,8 +17,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kdbench.core.data import (
     ALPACA_NO_CONTEXT,
     ALPACA_WITH_CONTEXT,
@@ -27,6 +25,7 @@ from kdbench.core.data import (
 from kdbench.core.errors import TaskError, UnknownNameError
 from kdbench.core.schema import Field, check
 from kdbench.core.types import TrainConfig
+from kdbench.core.yamlfile import read_yaml
 
 ROLES = ("private", "public", "holdout", "eval")
 PROTOCOLS = ("shuffle", "dolly-z", "ranges", "eval-only")
@@ -227,12 +226,7 @@ def _load_document(path: Path, stack: tuple[Path, ...], included: list[Path]) ->
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise TaskError(f"{path}: not valid YAML (or uses a tag that is not allowed): {exc}") from None
-    except OSError as exc:
-        raise TaskError(f"{path}: cannot read the manifest ({exc.strerror}).") from None
+    data = read_yaml(path, TaskError, "manifest")
     if not isinstance(data, dict):
         raise TaskError(f"{path}: the manifest must be a mapping of keys, got {type(data).__name__}.")
     return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.core.data import Example
-from kdbench.core.errors import TaskError, UnknownNameError
+from kdbench.core.errors import TaskError, UnknownNameError, unknown_name_message
 from kdbench.tasks import synthetic
 from kdbench.tasks.manifest import Task
 
@@ -85,12 +86,29 @@ def _synthetic_pii(task: Task, params: dict[str, Any]) -> tuple[list[Example], s
 GENERATORS: dict[str, Callable[[Task, dict[str, Any]], tuple[list[Example], str]]] = {
     "synthetic-pii": _synthetic_pii,
 }
+# The keys each generator takes under ``source.params`` (its keyword arguments but the seed, the task's own).
+GENERATOR_PARAMS: dict[str, frozenset[str]] = {
+    "synthetic-pii": frozenset(inspect.signature(synthetic.generate).parameters) - {"seed"},
+}
+
+
+def check_generator(task: Task) -> None:
+    """Refuse an unknown generator or ``source.params`` key when the task is planned, not when its group starts."""
+    name = task.source.get("generator")
+    if name is None:
+        return
+    if name not in GENERATORS:
+        raise UnknownNameError("generator", name, GENERATORS, hint=f"In {task.path}, key 'source.generator'.")
+    for key in task.source.get("params", {}):
+        if key not in GENERATOR_PARAMS[name]:
+            message = unknown_name_message(f"parameter of generator {name!r}", str(key), GENERATOR_PARAMS[name],
+                                           shown=repr(f"source.params.{key}"))
+            raise TaskError(f"{task.path}: {message}")
 
 
 def _generated(task: Task) -> Loaded:
+    check_generator(task)
     name = task.source["generator"]
-    if name not in GENERATORS:
-        raise UnknownNameError("generator", name, GENERATORS, hint=f"In {task.path}, key 'source.generator'.")
     params = dict(task.source.get("params", {}))
     try:
         examples, version = GENERATORS[name](task, params)
