@@ -127,7 +127,7 @@ def test_params_field_without_a_default_is_refused_at_registration(
     source = ATTACK.format(name="nodefault").replace("scale: float = 1.0", "scale: float")
     make_distribution(tmp_path, "kdbench-nodefault", "kdbench_nodefault", source, {"nd": "kdbench_nodefault"})
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match="Params field.*scale have no default"):
+    with pytest.raises(PluginError, match=r"Params field.*scale have no default"):
         build_registry()
 
 

@@ -101,7 +101,7 @@ def _append_atomically(into: Path, records: Sequence[Record]) -> None:
     old = into.read_text(encoding="utf-8") if into.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    lines = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
     fd, tmp = tempfile.mkstemp(prefix=f".{into.name}.", dir=into.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -3,6 +3,7 @@ each attacked; over the product of every list given (a grid)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 @click.option("--seed", "seeds", multiple=True, help="Seeds, comma-separated [default: 0].")
 @click.option("--grid", "grid_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A YAML grid file with the same keys (options given on the command line win).")
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory [default: runs/<timestamp>].")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory [default: runs/<timestamp>]. A "
+              "non-empty one is refused unless it holds a run of the same configuration (resumed).")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out anyway, replacing its kdbench outputs.")
 @click.option("--teacher", help="Teacher base: a Hugging Face model name or local directory [default: the task's].")
 @click.option("--student", "students", multiple=True, help="Student bases (names or directories), comma-separated.")
 @click.option("--family", type=click.Choice(["gpt2", "opt", "llama"]), help="[Z]'s model families by name.")
@@ -52,6 +55,7 @@ def run(**options: Any) -> None:
 
     console = Console()
     config = build_config(options)
+    signal.signal(signal.SIGTERM, _interrupt)  # a kill is an interruption: run.json says so, exit status 130
     result = Runner(config, get_registry(), reporter=RichReporter(console)).run()
     console.print(results_table(result))
     print_deltas(console, result)
@@ -64,7 +68,16 @@ def run(**options: Any) -> None:
         console.print(f"[bold red]{len(result.failures)} cell(s) failed[/] (details in run.json):")
         for failure in result.failures:
             console.print(f"  - {escape(failure.cell.label)}: {escape(str(failure.error))}", soft_wrap=True)
+    if result.attack_failures:
+        console.print(f"[bold red]{len(result.attack_failures)} attack(s) failed[/] (their other results are kept):")
+        for f in result.attack_failures:
+            console.print(f"  - {escape(f['attack'])} on {escape(f['target'])}: {escape(f['error'])}", soft_wrap=True)
+    if result.failures or result.attack_failures:
         sys.exit(EXIT_FAILURES)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def build_config(options: dict[str, Any]) -> Any:
@@ -116,6 +129,7 @@ def build_config(options: dict[str, Any]) -> Any:
         ray_address=options.get("ray_address"),
         threads=options.get("threads"),
         micro_batch=options.get("micro_batch"),
+        force=bool(options.get("force")),
     )
 
 
@@ -133,8 +147,9 @@ def results_table(result: Any) -> Table:
         row = [escape(name), f"{e.rouge_l:.1f}",
                f"{e.memorization['members']:.2f} / {e.memorization['nonmembers']:.2f}"]
         for label in result.attack_labels:
-            m = e.attacks[label]
-            row += [f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_1pct_fpr:.3f}"]
+            m = e.attacks.get(label)
+            row += ["[red]failed[/]", "–"] if m is None else [
+                f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_1pct_fpr:.3f}"]
         table.add_row(*row)
     return table
 

@@ -34,20 +34,32 @@ class TargetEvaluation:
     defenses: list[Resolved] = field(default_factory=list)
     memorization_report: MemorizationReport | None = None
     rouge_l_samples: np.ndarray | None = None  # per eval sample, for paired CIs of defended − undefended
+    attack_errors: dict[str, str] = field(default_factory=dict)  # label -> why that attack failed on this target
 
 
 def run_attacks(
-    attacks: Sequence[Resolved], scoring: ScoringContext, n_members: int, *, seed: int, n_resamples: int
+    attacks: Sequence[Resolved], scoring: ScoringContext, n_members: int, *, seed: int, n_resamples: int,
+    errors: dict[str, str] | None = None,
 ) -> tuple[dict[str, metrics.MembershipMetrics], dict[str, np.ndarray]]:
     """Every attack's per-sample scores and metrics (members are the first ``n_members`` samples); each need
-    is computed once by ``scoring`` whichever attacks share it."""
+    is computed once by ``scoring`` whichever attacks share it.
+
+    With ``errors``, an attack that fails is left out of both results and its message stored there under its
+    label, so one broken attack costs only its own numbers; without, its error is raised.
+    """
     wants_stats = any(Need.TOKEN_STATS in a.instance.needs for a in attacks)
     inputs = AttackInputs(
         samples=scoring.samples, token_stats=scoring.token_stats() if wants_stats else None, scoring=scoring
     )
     results, all_scores = {}, {}
     for attack in attacks:
-        scores = _checked_scores(attack, inputs, len(scoring.samples))
+        try:
+            scores = _checked_scores(attack, inputs, len(scoring.samples))
+        except KdbenchError as exc:
+            if errors is None:
+                raise
+            errors[attack.label] = str(exc)
+            continue
         all_scores[attack.label] = scores
         results[attack.label] = metrics.membership_metrics(
             scores[:n_members], scores[n_members:], seed=seed, n_resamples=n_resamples

@@ -758,7 +758,7 @@ def render_site(
                 _render_entry(renderer, task_dirs[task], view, entry, include_member_text)
     with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n")
     return renderer.pages
 
 

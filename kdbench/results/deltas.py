@@ -104,8 +104,12 @@ def utility_delta(
 
 def _records_by_evaluation(evaluations: Sequence[Any], records: Sequence[Any]) -> list[Any]:
     """The first results record of each evaluation (the runner writes one per attack, in evaluation order)."""
-    firsts, position = [], 0
+    firsts: list[Any] = []
+    position = 0
     for evaluation in evaluations:
+        if not evaluation.attacks:  # every attack failed on it: no record, nothing to compare
+            firsts.append(None)
+            continue
         record = records[position]
         if record.target != evaluation.target or record.rouge_l != evaluation.rouge_l:
             raise ValueError("records and evaluations are not in the runner's order")
@@ -119,7 +123,7 @@ def defense_deltas(
 ) -> list[DefenseDelta]:
     """Every defended student of a run against its ``none`` counterpart (cells without one are skipped)."""
     students = [(e, r) for e, r in zip(evaluations, _records_by_evaluation(evaluations, records), strict=True)
-                if e.target == "student"]
+                if e.target == "student" and r is not None]
 
     def cell(record: Any) -> tuple[Any, ...]:
         models = record.provenance.get("teacher_model"), record.provenance.get("student_model")

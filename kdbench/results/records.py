@@ -168,15 +168,28 @@ def _counts(obj: dict[str, Any]) -> Iterator[str]:
 
 
 def _finite(obj: dict[str, Any]) -> Iterator[str]:
-    """Python's json reads NaN and Infinity as floats; they would poison every mean on the leaderboard."""
+    """Python's json reads NaN and Infinity as floats; they would poison every mean on the leaderboard, print as
+    "nan" on its pages, draw broken ROC curves, and make a published results.jsonl invalid JSON. Nested values
+    (memorization, roc, CIs, parameters, reports) are checked too."""
     for key, value in obj.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            yield f"field {key!r} is not a finite number"
+        for where in _non_finite(value, key):
+            yield f"field {where!r} is not a finite number"
+
+
+def _non_finite(value: Any, where: str) -> Iterator[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _non_finite(item, f"{where}[{index}]")
 
 
 def _per_block(obj: dict[str, Any]) -> Iterator[str]:
     """The per-block AUCs ``kdbench analyze blocks`` attached, when there are any."""
-    blocks = obj["provenance"].get(PER_BLOCK_FIELD)
+    blocks = (obj.get("provenance") or {}).get(PER_BLOCK_FIELD)
     if blocks is not None and not _unit_list(blocks):
         yield f"field 'provenance.{PER_BLOCK_FIELD}' must be a non-empty list of AUCs within [0, 1]"
 
@@ -211,18 +224,24 @@ def results_files(paths: Iterable[Path]) -> list[Path]:
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the validated records of one JSONL file; raise naming file and line on the first bad one."""
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ResultsFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
-            problems = validate_record(obj)
-            if problems:
-                raise ResultsFileError(f"{path}:{lineno}: invalid results record: " + "; ".join(problems) + ".")
-            yield obj
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFileError(f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); a results file is "
+                               "JSON Lines in UTF-8.") from None
+    except OSError as exc:
+        raise ResultsFileError(f"{path}: cannot read the results file ({exc.strerror or exc}).") from None
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a string
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ResultsFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
+        problems = validate_record(obj)
+        if problems:
+            raise ResultsFileError(f"{path}:{lineno}: invalid results record: " + "; ".join(problems) + ".")
+        yield obj
 
 
 def load_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -256,7 +275,7 @@ def attach_per_block(records: list[dict[str, Any]], path: Path) -> int:
             raise ResultsFileError(f"{path}: the per-block AUCs of model {key} are not AUCs within [0, 1].")
     attached = 0
     for record in records:
-        values = by_key.get(record["provenance"].get("model_key"))
+        values = by_key.get(record.setdefault("provenance", {}).get("model_key"))
         if values is not None:
             record["provenance"][PER_BLOCK_FIELD] = list(values)
             attached += 1

@@ -199,7 +199,8 @@ def defense_report(defenses: DefenseStack, student: TrainedModel, evaluator: Eva
 
     def score(trained: TrainedModel) -> dict[str, Any]:
         scoring = ScoringContext(evaluator.host, trained, evaluator.samples)
-        return run_attacks(evaluator.attacks, scoring, n, seed=ctx.seed, n_resamples=ctx.task.evaluation.bootstrap)[1]
+        return run_attacks(evaluator.attacks, scoring, n, seed=ctx.seed, n_resamples=ctx.task.evaluation.bootstrap,
+                           errors={})[1]  # an attack's failure is already recorded with the student's
 
     for name, extra in defenses.assess(student, score, n).items():
         report[name] = {**report.get(name, {}), **extra}

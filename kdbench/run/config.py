@@ -30,6 +30,7 @@ class RunConfig:
     ray_address: str | None = None
     threads: int | None = None
     micro_batch: int | None = None  # rows per forward pass when training (None: the whole batch)
+    force: bool = False  # write into a non-empty --out that holds another run (its kdbench outputs are replaced)
 
     def grid(self) -> Grid:
         return Grid(

@@ -52,14 +52,17 @@ class Evaluator:
     def __call__(self, target: str, trained: TrainedModel) -> TargetEvaluation:
         ctx, ev, n = self.ctx, self.ctx.task.evaluation, len(self.members)
         scoring = ScoringContext(self.host, trained, self.samples)
+        errors: dict[str, str] = {}  # an attack that fails is recorded as such; the others' numbers are kept
         with ctx.timed("attacks"):
-            results, all_scores = run_attacks(self.attacks, scoring, n, seed=ctx.seed, n_resamples=ev.bootstrap)
+            results, all_scores = run_attacks(self.attacks, scoring, n, seed=ctx.seed, n_resamples=ev.bootstrap,
+                                              errors=errors)
         report = self._memorization(target, trained, results, all_scores)
         per_sample = self._utility(trained)
         rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
         return TargetEvaluation(
             target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
             [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
+            attack_errors=errors,
         )
 
     def memorization_rates(self, trained: TrainedModel) -> np.ndarray:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdbench.core.cache import ArtifactCache
+from kdbench.core.cache import ArtifactCache, spec_key
 from kdbench.core.errors import KdbenchError, OutputError
 from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.registry import Registry, Resolved
@@ -46,10 +47,20 @@ class RunResult:
     cache_hits: list[str]
     cache_builds: list[str]
     wall_time: float
+    attack_failures: list[dict[str, str]] = field(default_factory=list)  # (target, attack) pairs that failed
 
 
-def prepare_out(out: Path | None) -> Path:
-    """Create the output directory (a new timestamped one under runs/ by default) and prove it is writable."""
+# What a run writes into --out: refused onto another run's directory, removed (with scores/) under --force.
+OUTPUT_FILES = ("results.jsonl", "run.json", "memorization.json", "deltas.json", "per_block.json")
+
+
+def prepare_out(out: Path | None, config_hash: str = "", force: bool = False) -> Path:
+    """Create the output directory (a new timestamped one under runs/ by default) and prove it is writable.
+
+    An existing non-empty directory is taken only when it holds a run of the same configuration (``config_hash``
+    in its run.json: the run resumes into it) or with ``force`` (the previous run's files are removed first, so
+    no stale scores stay beside the new ones). Temporaries an interrupted write left behind are removed.
+    """
     if out is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / stamp
@@ -57,6 +68,15 @@ def prepare_out(out: Path | None) -> Path:
         while out.exists():
             out = Path("runs") / f"{stamp}-{suffix}"
             suffix += 1
+    if out.is_dir() and _holds_files(out) and _previous_config_hash(out) != config_hash:
+        if not force:
+            raise OutputError(
+                f"The output directory {out} is not empty and holds no run of this configuration "
+                f"({'run.json has another config_hash' if (out / 'run.json').exists() else 'no run.json'}); "
+                "its results would be overwritten and mixed with the new ones. Choose another --out, or pass "
+                "--force to replace the kdbench outputs in it."
+            )
+        _remove_outputs(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".kdbench-write-test"
@@ -66,7 +86,35 @@ def prepare_out(out: Path | None) -> Path:
         raise OutputError(
             f"Cannot write to the output directory {out} ({exc.strerror or exc}). Choose another with --out DIR."
         ) from exc
+    remove_temporaries(out)
     return out
+
+
+def _holds_files(out: Path) -> bool:
+    return any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in out.iterdir())
+
+
+def _previous_config_hash(out: Path) -> str | None:
+    try:
+        value = json.loads((out / "run.json").read_text(encoding="utf-8")).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    if (out / "scores").is_dir():
+        for path in (out / "scores").glob("*.jsonl"):
+            path.unlink()
+
+
+def remove_temporaries(out: Path) -> None:
+    """The hidden ``.NAME.*.tmp`` files of atomic writes that a kill interrupted (``atomic_write_text``)."""
+    for directory in (out, out / "scores"):
+        for path in directory.glob(".*.tmp") if directory.is_dir() else ():
+            path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -101,13 +149,19 @@ class Runner:
         set_threads(self.config)
         plan = self.plan()
         state = RunState(out=plan.out, config=self.config, attacks=plan.attacks, started=started)
-        groups = self._contexts(plan.grid, state, start)
-        self._collect(groups, plan.executor(groups, plan.attacks, self.registry), state, start)
+        state.write(self.cache, 0.0)  # run.json from the start: this directory is this configuration's
+        try:
+            groups = self._contexts(plan.grid, state, start)
+            self._collect(groups, plan.executor(groups, plan.attacks, self.registry), state, start)
+        except KeyboardInterrupt:
+            state.write(self.cache, time.perf_counter() - start, status="interrupted")
+            raise
         wall = time.perf_counter() - start
-        state.write(self.cache, wall)
+        state.write(self.cache, wall, status="failed" if state.failed else "complete")
+        remove_temporaries(plan.out)
         return RunResult(
             plan.out, state.evaluations, state.records, [a.label for a in plan.attacks], state.failures,
-            self.cache.hits, self.cache.builds, wall,
+            self.cache.hits, self.cache.builds, wall, state.attack_failures,
         )
 
     def plan(self) -> RunPlan:
@@ -129,7 +183,8 @@ class Runner:
             tuple(config.tasks), tuple(config.seeds), tuple(config.models), tuple(distillers), tuple(stacks),
             tuple(config.attacks),
         )
-        return RunPlan(grid, attacks, prepare_out(config.out), make_executor(config, self.cache))
+        out = prepare_out(config.out, spec_key(config.as_dict()), config.force)
+        return RunPlan(grid, attacks, out, make_executor(config, self.cache))
 
     def _contexts(self, grid: Grid, state: RunState, start: float) -> list[tuple[list[Cell], RunContext]]:
         """The grid's groups, each with its context (task data and splits, no training); a group whose data

@@ -1,8 +1,14 @@
-"""What a run has produced so far, written atomically after every cell."""
+"""What a run has produced so far, written atomically after every cell.
+
+``results.jsonl`` (and ``memorization.json``) are written first and ``run.json`` last: it names the number of
+records and the SHA-256 of the ``results.jsonl`` it describes, and its ``status`` says whether the run is still
+``running`` (or was killed), ``complete``, finished with failures (``failed``) or ``interrupted``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +22,7 @@ from kdbench.core.registry import Resolved
 from kdbench.core.version import __version__
 from kdbench.evaluation import metrics
 from kdbench.evaluation.attacks import TargetEvaluation
-from kdbench.results.records import ResultRecord
+from kdbench.results.records import ResultRecord, validate_record
 from kdbench.results.writers import write_memorization, write_scores
 from kdbench.run.cells import CellOutcome
 from kdbench.run.config import RunConfig
@@ -36,6 +42,7 @@ class RunState:
     evaluations: list[TargetEvaluation] = field(default_factory=list)
     records: list[ResultRecord] = field(default_factory=list)
     failures: list[CellOutcome] = field(default_factory=list)
+    attack_failures: list[dict[str, str]] = field(default_factory=list)  # a (target, attack) pair that failed
     timings: dict[str, float] = field(default_factory=dict)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -58,10 +65,17 @@ class RunState:
             "models": {"teacher": ctx.teacher_ref, "student": ctx.student_ref},
             "device": str(ctx.device),
         }
-        self.records += [
-            _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {})
-            for label, m in evaluation.attacks.items()
-        ]
+        where = f"{ctx.task.name} seed={ctx.seed} {evaluation.target} {evaluation.trained.label}"
+        for label, error in evaluation.attack_errors.items():
+            self.attack_failures.append({"target": where, "attack": label, "error": error})
+        for label, m in evaluation.attacks.items():
+            record = _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {})
+            problems = validate_record(record.to_json())  # e.g. a NaN: never written where the leaderboard reads
+            if problems:
+                self.attack_failures.append({"target": where, "attack": label,
+                                             "error": "invalid result: " + "; ".join(problems)})
+            else:
+                self.records.append(record)
         write_scores(self.out, evaluation)
 
     def fail_group(self, cells: Sequence[Cell], failure: tuple[str, str]) -> None:
@@ -76,11 +90,20 @@ class RunState:
     def run_id(self) -> str:
         return f"{self.started.replace(':', '').replace('-', '')[:15]}-{spec_key(self.config.as_dict())[:8]}"
 
-    def write(self, cache: ArtifactCache, wall: float) -> None:
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures or self.attack_failures)
+
+    def write(self, cache: ArtifactCache, wall: float, status: str = "running") -> None:
+        """Results first, then run.json naming them (``status``: running, complete, failed or interrupted)."""
         env = environment()
-        atomic_write_text(self.out / "results.jsonl", "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
+        results = "".join(json.dumps(r.to_json(), allow_nan=False) + "\n" for r in self.records)
+        atomic_write_text(self.out / "results.jsonl", results)
         write_memorization(self.out, self.evaluations)
         info = {
+            "status": status,
+            "records": len(self.records),
+            "results_sha256": hashlib.sha256(results.encode("utf-8")).hexdigest(),
             "run_id": self.run_id,
             "kdbench_version": __version__,
             **env,
@@ -91,12 +114,13 @@ class RunState:
             "artifacts": {f"{e.target} {e.trained.label}": e.trained.key for e in self.evaluations},
             "failures": [
                 {"cell": f.cell.label, "error": f.error, "traceback": f.detail} for f in self.failures
-            ],
+            ] + [{"cell": f["target"], "attack": f["attack"], "error": f["error"], "traceback": None}
+                 for f in self.attack_failures],
             "wall_time_per_stage": self.timings,
             "wall_time": round(wall, 3),
             "cache": {"root": str(cache.root), "hits": cache.hits, "builds": cache.builds},
             "started": self.started,
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "finished": None if status == "running" else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_text(self.out / "run.json", json.dumps(info, indent=2) + "\n")
 
