@@ -17,7 +17,7 @@ The names, by what a plugin does with them (docs/plugins.md documents each hook 
   building blocks (:func:`train_loop` and its :class:`LoopSettings`, :func:`sft_loss`, :func:`chain`,
   :func:`collate`, ...);
 - defenses: :class:`DefenseBase`, :class:`DefenseContext`, :data:`STAGES`, :func:`resolve_attack`,
-  :func:`flag_vulnerable`, :func:`write_marker`, :func:`load_model`, :func:`best_balanced_accuracy`.
+  :func:`flag_vulnerable`, :func:`write_marker`, :func:`inside`, :func:`load_model`, :func:`best_balanced_accuracy`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from kdbench.distill.strategies import (
 from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
 from kdbench.evaluation.metrics import best_balanced_accuracy
 from kdbench.hookspecs import Register, hookimpl
-from kdbench.models.defended import write_marker
+from kdbench.models.defended import inside, write_marker
 from kdbench.models.hub import load_model
 from kdbench.scoring.context import ScoringContext, ShadowRecipe
 from kdbench.scoring.inputs import Attack, AttackInputs, scoring_context, token_stats_of
@@ -109,6 +109,7 @@ __all__ = [
     "flag_vulnerable",
     "hookimpl",
     "importance_weights",
+    "inside",
     "jsd_from_trl_beta",
     "load_model",
     "lowest_k",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from kdbench.core.errors import KdbenchError, PluginError
 from kdbench.core.registry import get_registry
@@ -26,13 +27,35 @@ def write_marker(directory: Path, defense: str, **extra: Any) -> None:
     (directory / MARKER).write_text(json.dumps({"defense": defense, **extra}, indent=1, sort_keys=True))
 
 
+def inside(directory: Path, name: Any, what: str) -> Path:
+    """``directory / name``, refused unless it resolves (links followed) to somewhere inside ``directory``: file
+    names read from a model directory (an index, a marker) must not make kdbench load weights from elsewhere."""
+    if not isinstance(name, str) or not name:
+        raise KdbenchError(f"{directory}: {what} names {name!r}, not a file name inside the model directory.")
+    root = directory.resolve()
+    target = (directory / name).resolve()
+    if not target.is_relative_to(root):
+        raise KdbenchError(
+            f"{directory}: {what} names {name!r}, which lies outside the model directory ({target}); refusing to "
+            "load it. The directory was crafted or damaged: do not use it."
+        )
+    return target
+
+
 def is_defended(ref: str | Path) -> bool:
     """Whether ``ref`` is a directory holding a post-processed or architecture-modified model."""
     path = Path(ref)
     if (path / MARKER).is_file():
         return True
     config = path / "config.json"
-    return config.is_file() and ARCHITECTURE_KEY in json.loads(config.read_text(encoding="utf-8"))
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise KdbenchError(f"{config}: not a valid JSON model config ({exc}); the model directory is damaged. "
+                           "Save the model again, or copy it again.") from None
+    return isinstance(data, dict) and ARCHITECTURE_KEY in data
 
 
 def _defense_class(name: str) -> Any:
@@ -74,10 +97,15 @@ def _load_modified(path: Path, trust_remote_code: bool) -> Any:
     index = path / "model.safetensors.index.json"
     files = ["model.safetensors"]
     if index.exists():  # a sharded checkpoint
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        state.update(load_file(str(path / name)))
+        file = inside(path, name, "model.safetensors.index.json")
+        try:
+            state.update(load_file(str(file)))
+        except (OSError, SafetensorError) as exc:
+            raise KdbenchError(f"{file}: the saved weights cannot be read ({exc}); the file is missing, truncated "
+                               "or damaged. Clear the cache entry with `kdbench cache`.") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     model.tie_weights()
     params = dict(model.named_parameters(remove_duplicate=False))

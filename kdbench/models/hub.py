@@ -6,13 +6,17 @@ directory (loaded with transformers, safetensors only, ``trust_remote_code`` off
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -100,9 +104,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
 
 def resolve_ref(ref: str | Path) -> str:
     """``ref`` as transformers should see it: a path form (absolute, ./, ../, ~) expanded and required to exist
-    (the hub would only say it is not a valid repository id); anything else as given (a directory or a name)."""
+    (the hub would only say it is not a valid repository id); anything else as given (a directory or a name that
+    :func:`check_hub_name` lets through)."""
     text = str(ref)
     if not text.startswith(("/", "./", "../", "~")):
+        check_hub_name(text)
         return text
     path = Path(text).expanduser()
     if not path.exists():
@@ -111,9 +117,60 @@ def resolve_ref(ref: str | Path) -> str:
     return str(path)
 
 
-def load_tokenizer(ref: str | Path, trust_remote_code: bool = False) -> Any:
+def check_hub_name(ref: str) -> None:
+    """Fail at once, saying what to do, for a name that is neither a directory nor in the local hub cache when
+    the hub cannot be reached: transformers would retry for half a minute and then blame the connection."""
+    if is_builtin(ref) or Path(ref).expanduser().is_dir():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_ref(ref), trust_remote_code=trust_remote_code)
+        cached = try_to_load_from_cache(ref, "config.json")
+    except ValueError as exc:  # HFValidationError: not a repository id either
+        raise KdbenchError(f"{ref}: no such model directory, and not a Hugging Face model name ({exc}). Pass an "
+                           "existing directory written by save_pretrained, or a name such as gpt2.") from None
+    if isinstance(cached, str):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached"
+        raise KdbenchError(
+            f"{ref}: no such model directory, not in the local Hugging Face cache, and {why}. Pass a directory "
+            "written by save_pretrained (e.g. ./models/NAME), download the model first where there is a network "
+            "(huggingface-cli download NAME), or check the name and the connection."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens (behind a proxy, assumed so: the probe cannot tell)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+# Files one of which every saved tokenizer has; without any, transformers builds an empty tokenizer silently.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def load_tokenizer(ref: str | Path, trust_remote_code: bool = False) -> Any:
+    source = resolve_ref(ref)
+    directory = Path(source).expanduser()
+    if directory.is_dir() and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise KdbenchError(
+            f"{ref}: the model directory has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}). Save the "
+            "tokenizer beside the model (tokenizer.save_pretrained(DIR))."
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KdbenchError(f"Cannot load a tokenizer from {ref}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -158,6 +215,11 @@ def load_model(
         model: Any = AutoModelForCausalLM.from_pretrained(
             source, use_safetensors=True, trust_remote_code=trust_remote_code, **({"dtype": dtype} if dtype else {})
         )
+    except SafetensorError as exc:
+        raise KdbenchError(
+            f"{ref}: the safetensors weights cannot be read ({exc}); the file is truncated or damaged. Save the "
+            "model again, or copy it again."
+        ) from None
     except (OSError, ValueError, KeyError) as exc:
         hint = " (offline: HF_HUB_OFFLINE=1)" if offline else ""
         raise KdbenchError(
@@ -191,6 +253,6 @@ def model_config(ref: str, trust_remote_code: bool = False) -> Any:
         p = preset(ref)
         return GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_positions)
     try:
-        return AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_ref(ref), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise KdbenchError(f"Cannot read the model config of {ref}: {exc}") from exc

@@ -22,6 +22,7 @@ from kdbench.api import (
     KdbenchError,
     check_range,
     flag_vulnerable,
+    inside,
     load_model,
     resolve_attack,
     write_marker,
@@ -129,5 +130,6 @@ class VulnerableTokenDefense(DefenseBase):
 
     @classmethod
     def load_processed(cls, directory: Path, marker: dict[str, Any], trust_remote_code: bool = False) -> Any:
-        base = load_model(directory / marker["base"], trust_remote_code=trust_remote_code)
+        base = load_model(inside(directory, marker.get("base"), "the marker's 'base'"),
+                          trust_remote_code=trust_remote_code)
         return LogitAdjustedLM(base, marker["token_ids"], marker["operation"], marker["value"], marker["defense"])

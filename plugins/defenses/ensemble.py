@@ -35,6 +35,7 @@ from kdbench.api import (
     best_balanced_accuracy,
     check_range,
     hookimpl,
+    inside,
     load_model,
     write_marker,
 )
@@ -126,14 +127,16 @@ class Ensemble(DefenseBase):
                                       path=student.path / name))
             for name in names
         ]
+        common = [attack for attack in per_member[0] if all(attack in m for m in per_member)]  # a failed one: none
         return {"vote": {attack: majority_vote([m[attack] for m in per_member], n_members,
                                                self.params.min_class_fraction)
-                         for attack in per_member[0]}}
+                         for attack in common}}
 
     @classmethod
     def load_processed(cls, directory: Path, marker: dict[str, Any], trust_remote_code: bool = False) -> Any:
-        return EnsembleLM([load_model(directory / name, trust_remote_code=trust_remote_code)
-                           for name in marker["members"]])
+        return EnsembleLM([load_model(inside(directory, name, "the marker's 'members'"),
+                                      trust_remote_code=trust_remote_code)
+                           for name in marker.get("members") or [None]])
 
 
 @hookimpl
