@@ -1,21 +1,39 @@
-"""Bad values are refused before any artifact is built, with a message and exit status 2 (issue 18)."""
+"""Hostile inputs (issue 18): bad values are refused before any artifact is built, with a message and exit status
+2; damaged or crafted model directories and results files give messages, never tracebacks or foreign files."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from kdbench.cli import main
-from kdbench.core.errors import EXIT_USAGE, ParameterError, PluginError, TaskError
+from kdbench.core.errors import EXIT_USAGE, KdbenchError, ParameterError, PluginError, TaskError
 from kdbench.core.params import build_params, check_range
 from kdbench.core.registry import build_registry
+from kdbench.models.defended import ARCHITECTURE_KEY, MARKER
+from kdbench.models.hub import (
+    TOKENIZER_FILES,
+    check_hub_name,
+    init_model,
+    load_model,
+    load_tokenizer,
+    save_model,
+    train_bpe_tokenizer,
+)
+from kdbench.results.records import validate_record
 from kdbench.tasks.manifest import load_task
-from tests.helpers import make_distribution
+from tests.helpers import make_distribution, make_record
 from tests.test_plugins import ATTACK
 
-TINY = (Path(__file__).parent / "fixtures" / "tiny-task.yaml").read_text(encoding="utf-8")
+TINY_PATH = Path(__file__).parent / "fixtures" / "tiny-task.yaml"
+TINY = TINY_PATH.read_text(encoding="utf-8")
 
 
 def refused(tmp_path: Path, *args: str, task: str | None = None) -> str:
@@ -168,3 +186,127 @@ def test_plus_is_refused_in_a_defense_name_only(tmp_path: Path, monkeypatch: pyt
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match=r"name 'a\+b', which contains '\+'"):
         build_registry()
+
+
+# --- model directories --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny GPT-2 and its tokenizer, saved with save_pretrained."""
+    directory = tmp_path_factory.mktemp("models") / "good"
+    tokenizer = train_bpe_tokenizer(["the quick brown fox jumps"] * 20, 300)
+    save_model(init_model("builtin:gpt2-micro", tokenizer, 0), tokenizer, directory)
+    return directory
+
+
+def copy_of(model: Path, tmp_path: Path, name: str = "copy") -> Path:
+    target = tmp_path / name
+    shutil.copytree(model, target)
+    return target
+
+
+def test_a_sound_model_directory_loads(saved_model: Path) -> None:
+    assert load_model(saved_model).config.n_layer == 1 and len(load_tokenizer(saved_model)) > 1
+
+
+def test_corrupt_config_json(saved_model: Path, tmp_path: Path) -> None:
+    model = copy_of(saved_model, tmp_path)
+    (model / "config.json").write_text('{"model_type": "gpt2", ', encoding="utf-8")
+    with pytest.raises(KdbenchError, match=r"config\.json: not a valid JSON model config"):
+        load_model(model)
+
+
+def test_truncated_safetensors(saved_model: Path, tmp_path: Path) -> None:
+    model = copy_of(saved_model, tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(KdbenchError, match="truncated or damaged"):
+        load_model(model)
+
+
+def test_model_directory_without_tokenizer_files(saved_model: Path, tmp_path: Path) -> None:
+    model = copy_of(saved_model, tmp_path)
+    for name in TOKENIZER_FILES:
+        (model / name).unlink(missing_ok=True)
+    with pytest.raises(KdbenchError, match="has no tokenizer files"):
+        load_tokenizer(model)
+
+
+def test_unknown_bare_name_offline_fails_at_once(tmp_path: Path) -> None:
+    """A real process with the hub endpoint on a closed local port (no HF_HUB_OFFLINE): the name is refused before
+    the output directory exists, where transformers would retry for ~28 s and then print a traceback."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0",
+           "HF_HOME": str(tmp_path / "hf-home")}  # an empty hub cache
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdbench", "run", "--task", str(TINY_PATH), "--distiller", "kd", "--attack", "loss",
+         "--student", "no-such-org/no-such-model", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    flat = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == EXIT_USAGE and "Traceback" not in flat, flat
+    assert "no-such-org/no-such-model: no such model directory, not in the local Hugging Face cache" in flat
+    assert "cannot be reached" in flat and not out.exists()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        with pytest.raises(KdbenchError, match="HF_HUB_OFFLINE is set"):
+            check_hub_name("no-such-org/no-such-model")
+
+
+# --- paths read from a model directory stay inside it -------------------------------------------------------------
+def test_sharded_index_pointing_outside_is_refused(saved_model: Path, tmp_path: Path) -> None:
+    model = copy_of(saved_model, tmp_path, "crafted")
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    config[ARCHITECTURE_KEY] = [{"name": "nonorm", "params": {}}]
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(model / "model.safetensors", outside)  # a real, loadable file: only the location is wrong
+    (model / "model.safetensors").unlink()
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}), encoding="utf-8")
+    with pytest.raises(KdbenchError, match=r"'\.\./elsewhere\.safetensors', which lies outside the model directory"):
+        load_model(model)
+
+
+@pytest.mark.parametrize("marker", [
+    {"defense": "ensemble", "members": ["../good"]},
+    {"defense": "temperature", "base": "../good", "token_ids": [1], "operation": "scale", "value": 0.5},
+    {"defense": "ensemble", "members": [str(Path("/") / "tmp")]},
+])
+def test_marker_paths_outside_the_model_directory_are_refused(saved_model: Path, marker: dict[str, object]) -> None:
+    crafted = saved_model.parent / f"crafted-{marker['defense']}-{len(str(marker))}"
+    crafted.mkdir()
+    (crafted / MARKER).write_text(json.dumps(marker), encoding="utf-8")
+    with pytest.raises(KdbenchError, match="outside the model directory"):
+        load_model(crafted)  # without the check, ../good is a sound model and would load
+
+
+# --- results records ----------------------------------------------------------------------------------------------
+def test_record_without_provenance_is_a_validation_error() -> None:
+    record = make_record()
+    del record["provenance"]
+    assert validate_record(record) == ["missing field 'provenance'"]
+
+
+@pytest.mark.parametrize(("field", "value", "where"), [
+    ("memorization", {"members": float("nan"), "nonmembers": 0.0}, "memorization.members"),
+    ("roc", {"fpr": [0.0, float("nan"), 1.0], "tpr": [0.0, 0.5, 1.0]}, "roc.fpr[1]"),
+    ("rouge_l_ci", [1.0, float("inf")], "rouge_l_ci[1]"),
+])
+def test_leaderboard_build_refuses_nan_inside_nested_fields(tmp_path: Path, field: str, value: object,
+                                                            where: str) -> None:
+    results = tmp_path / "results.jsonl"
+    lines = [make_record(), {**make_record(seed=1), field: value}]
+    results.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")  # json writes bare NaN
+    result = CliRunner().invoke(main, ["leaderboard", "build", str(results), "--out", str(tmp_path / "site")])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == EXIT_USAGE and f"results.jsonl:2: invalid results record: field '{where}' is not a " \
+        "finite number" in flat, flat
+    assert not (tmp_path / "site" / "results.jsonl").exists()
+
+
+def test_non_utf8_results_file(tmp_path: Path) -> None:
+    results = tmp_path / "results.jsonl"
+    results.write_bytes((json.dumps(make_record(task="caf\u00e9"), ensure_ascii=False) + "\n").encode("latin-1"))
+    result = CliRunner().invoke(main, ["leaderboard", "build", str(results), "--out", str(tmp_path / "site")])
+    assert result.exit_code == EXIT_USAGE and "results.jsonl: not UTF-8 text" in result.output, result.output

@@ -35,6 +35,7 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 BUILTIN_PREFIX = "builtin:"
+PATH_FORMS = ("/", "./", "../", "~")  # a model reference starting so is a directory, never a hub name
 EOS = "<|endoftext|>"
 
 
@@ -107,7 +108,7 @@ def resolve_ref(ref: str | Path) -> str:
     (the hub would only say it is not a valid repository id); anything else as given (a directory or a name that
     :func:`check_hub_name` lets through)."""
     text = str(ref)
-    if not text.startswith(("/", "./", "../", "~")):
+    if not text.startswith(PATH_FORMS):
         check_hub_name(text)
         return text
     path = Path(text).expanduser()

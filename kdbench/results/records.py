@@ -81,6 +81,7 @@ _REQUIRED: dict[str, tuple[type, ...]] = {
     "n_nonmembers": (int,),
     "rouge_l": (float, int),
     "seed": (int,),
+    "provenance": (dict,),  # split hashes, models, packages: what makes two records comparable
 }
 _OPTIONAL: dict[str, tuple[type, ...]] = {
     "protocol": (str,),
@@ -99,7 +100,6 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "memorization": (dict, type(None)),
     "roc": (dict, type(None)),
     "git_commit": (str, type(None)),
-    "provenance": (dict,),
     "schema_version": (int,),
 }
 _UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fpr", "balanced_accuracy")

@@ -24,6 +24,7 @@ from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.registry import Registry, Resolved
 from kdbench.evaluation.attacks import TargetEvaluation
 from kdbench.models.families import get_family
+from kdbench.models.hub import PATH_FORMS, check_hub_name
 from kdbench.results.records import ResultRecord
 from kdbench.run.cells import CellOutcome, GroupBase, failure_of, make_context, set_threads
 from kdbench.run.config import RunConfig
@@ -178,6 +179,9 @@ class Runner:
         for task in tasks:
             check_generator(task)
         students = {m[1] or task.models.student for task in tasks for m in config.models}
+        for ref in students | {m[0] or task.models.teacher for task in tasks for m in config.models}:
+            if not ref.startswith(PATH_FORMS):  # a missing directory fails its group (tests/test_grid.py)
+                check_hub_name(ref)  # a name neither local nor cached, offline: refused now, not after retries
         check_defenses(self.registry, stacks, distillers, students, config.trust_remote_code)
         grid = Grid(
             tuple(config.tasks), tuple(config.seeds), tuple(config.models), tuple(distillers), tuple(stacks),
