@@ -310,3 +310,33 @@ def test_non_utf8_results_file(tmp_path: Path) -> None:
     results.write_bytes((json.dumps(make_record(task="caf\u00e9"), ensure_ascii=False) + "\n").encode("latin-1"))
     result = CliRunner().invoke(main, ["leaderboard", "build", str(results), "--out", str(tmp_path / "site")])
     assert result.exit_code == EXIT_USAGE and "results.jsonl: not UTF-8 text" in result.output, result.output
+
+
+# --- audit outputs ------------------------------------------------------------------------------------------------
+def sample_files(tmp_path: Path) -> tuple[Path, Path]:
+    members, nonmembers = tmp_path / "members.txt", tmp_path / "nonmembers.txt"
+    members.write_text("".join(f"the quick brown fox number {i}\n" for i in range(6)), encoding="utf-8")
+    nonmembers.write_text("".join(f"a lazy dog sleeps {i} hours\n" for i in range(6)), encoding="utf-8")
+    return members, nonmembers
+
+
+@pytest.mark.parametrize("target", ["members", "nonmembers", "link-to-members"])
+def test_audit_scores_out_onto_an_input_is_refused(saved_model: Path, tmp_path: Path, target: str) -> None:
+    members, nonmembers = sample_files(tmp_path)
+    (tmp_path / "link-to-members").symlink_to(members)
+    before = members.read_bytes(), nonmembers.read_bytes()
+    result = CliRunner().invoke(main, ["audit", "--model", str(saved_model), "--members", str(members),
+                                       "--nonmembers", str(nonmembers), "--attack", "loss",
+                                       "--scores-out", str(tmp_path / f"{target}.txt" if "link" not in target
+                                                           else tmp_path / target)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == EXIT_USAGE and "would overwrite an input" in flat, flat
+    assert (members.read_bytes(), nonmembers.read_bytes()) == before
+
+
+def test_audit_same_file_as_members_and_nonmembers_warns(saved_model: Path, tmp_path: Path) -> None:
+    members, _ = sample_files(tmp_path)
+    result = CliRunner().invoke(main, ["audit", "--model", str(saved_model), "--members", str(members),
+                                       "--nonmembers", str(members), "--attack", "loss", "--bootstrap", "10"])
+    flat = " ".join(result.output.split())
+    assert "Warning: --members and --nonmembers are the same file" in flat and "Traceback" not in flat, flat

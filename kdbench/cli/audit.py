@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -52,6 +53,16 @@ def audit(
     from kdbench.core.registry import get_registry
 
     err = Console(stderr=True, highlight=False)
+    inputs = {"--members": members, "--nonmembers": nonmembers, "--reference-text": reference_text}
+    if scores_out is not None:
+        for option, path in inputs.items():
+            if path is not None and _same_file(scores_out, path):
+                raise OutputError(f"--scores-out {scores_out} is the {option} file: writing the scores would "
+                                  "overwrite an input. Choose another --scores-out.")
+    if _same_file(members, nonmembers):
+        err.print(f"[yellow]Warning:[/] --members and --nonmembers are the same file ({escape(str(members))}): every "
+                  "sample is both a member and a non-member, so no attack can tell them apart (AUC 0.5 by "
+                  "construction).", soft_wrap=True)
     config = AuditConfig(
         model=model, members=members, nonmembers=nonmembers, attacks=parse_specs(attacks), base=base,
         reference_text=reference_text, seed=seed, bootstrap=bootstrap, batch_size=batch_size, max_tokens=max_tokens,
@@ -81,3 +92,11 @@ def audit(
         f"{result.n_members} members, {result.n_nonmembers} non-members; FPR resolution 1/{result.n_nonmembers} = "
         f"{1 / result.n_nonmembers:.4f}. {result.cache_builds} artifacts computed, {result.cache_hits} reused."
     )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (links and relative forms resolved); a file not there yet is no input."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
