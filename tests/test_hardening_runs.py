@@ -24,7 +24,7 @@ TINY = str(Path(__file__).parent / "fixtures" / "tiny-task.yaml")
 
 BOOM = """
     from dataclasses import dataclass
-    from kdbench import hookimpl
+    from kdbench.api import DefenseBase, hookimpl
 
     @dataclass(frozen=True)
     class Params:
@@ -39,9 +39,22 @@ BOOM = """
         def score(self, inputs):
             raise RuntimeError("boom: this attack always fails")
 
+    class NanReport(DefenseBase):
+        name = "nanreport"
+        description = "Changes nothing; reports a NaN."
+        stages = frozenset({"teacher_outputs"})
+        def transform_teacher_logits(self, logits):
+            return logits
+        def report(self):
+            return {"measured": float("nan")}
+
     @hookimpl
     def register_attacks(register):
         register(Boom)
+
+    @hookimpl
+    def register_defenses(register):
+        register(NanReport)
 """
 
 
@@ -67,24 +80,31 @@ def run_info(out: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def failed_attack_run(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
     out = tmp_path_factory.mktemp("boom") / "out"
-    proc = kdbench(env, "--attack", "loss,boom", "--out", str(out))
+    proc = kdbench(env, "--attack", "loss,boom", "--defense", "none,nanreport", "--out", str(out))
     return out, proc.stdout + proc.stderr, proc.returncode
 
 
 @pytest.mark.slow
 def test_a_failing_attack_fails_only_its_pairs(failed_attack_run: tuple[Path, str, int]) -> None:
+    """`boom` raises on every target; `loss` works everywhere, but the nanreport student's loss record carries a
+    NaN (in its defense report) and is never written. Everything else is kept."""
     out, output, code = failed_attack_run
     assert code == EXIT_FAILURES, output
     records = load_records([out])
-    assert sorted((r["target"], r["attack"]) for r in records) == [
-        ("baseline", "loss"), ("student", "loss"), ("teacher", "loss")]  # teacher, baseline, student all kept
+    assert sorted((r["target"], r["attack"], r["defense"]) for r in records) == [
+        ("baseline", "loss", None), ("student", "loss", "none"), ("teacher", "loss", None)]
     info = run_info(out)
     failures = info["failures"]
-    assert isinstance(failures, list) and len(failures) == 3
-    assert sorted(str(f["cell"]).split()[2] for f in failures) == ["baseline", "student", "teacher"]
-    assert all(f["attack"] == "boom" and "boom: this attack always fails" in f["error"] for f in failures)
+    assert isinstance(failures, list) and len(failures) == 5
+    booms = [f for f in failures if f["attack"] == "boom"]
+    assert sorted(str(f["cell"]).split()[2] for f in booms) == ["baseline", "student", "student", "teacher"]
+    assert all("boom: this attack always fails" in f["error"] for f in booms)
+    (invalid,) = [f for f in failures if f["attack"] == "loss"]
+    assert "nanreport" in invalid["cell"] and "invalid result: field 'defense_report.nanreport.measured' is not a " \
+        "finite number" in invalid["error"]
     assert info["status"] == "failed" and info["records"] == 3
-    assert "3 attack(s) failed" in output and "Traceback" not in output
+    assert "5 attack(s) failed" in output and "Traceback" not in output
+    assert "NaN" not in (out / "results.jsonl").read_text()
     scores = [json.loads(line) for line in next((out / "scores").glob("student-*.jsonl")).read_text().splitlines()]
     assert "loss" in scores[1] and "boom" not in scores[1]
 
@@ -126,7 +146,7 @@ def test_out_holding_another_run_is_refused_then_replaced_with_force(
     assert not stale.exists() and not any(path.exists() for path in leftovers)
     assert run_info(out)["status"] == "complete" and run_info(out)["failures"] == []
     assert {r["attack"] for r in load_records([out])} == {"loss"}
-    assert len(list((out / "scores").glob("*.jsonl"))) == 3  # teacher, baseline, student: nothing stale
+    assert len(list((out / "scores").glob("*.jsonl"))) == 3  # teacher, baseline, one student: nothing stale
 
     resumed = kdbench(env, "--attack", "loss", "--out", str(out))  # the same configuration resumes into it
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

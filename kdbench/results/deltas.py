@@ -103,19 +103,12 @@ def utility_delta(
 
 
 def _records_by_evaluation(evaluations: Sequence[Any], records: Sequence[Any]) -> list[Any]:
-    """The first results record of each evaluation (the runner writes one per attack, in evaluation order)."""
-    firsts: list[Any] = []
-    position = 0
-    for evaluation in evaluations:
-        if not evaluation.attacks:  # every attack failed on it: no record, nothing to compare
-            firsts.append(None)
-            continue
-        record = records[position]
-        if record.target != evaluation.target or record.rouge_l != evaluation.rouge_l:
-            raise ValueError("records and evaluations are not in the runner's order")
-        firsts.append(record)
-        position += len(evaluation.attacks)
-    return firsts
+    """The first results record of each evaluation (matched by target and model key), or None where it has none:
+    every attack failed on it, or its records did not validate and were not written."""
+    firsts: dict[tuple[str, str], Any] = {}
+    for record in records:
+        firsts.setdefault((record.target, record.provenance.get("model_key")), record)
+    return [firsts.get((e.target, e.trained.key)) for e in evaluations]
 
 
 def defense_deltas(
