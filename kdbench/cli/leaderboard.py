@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kdbench.core.errors import KdbenchError, OutputError
-from kdbench.leaderboard.boards import Board, select_boards, write_grid_files
+from kdbench.leaderboard.boards import select_boards, write_grid_files
 from kdbench.leaderboard.ranking import Record, canonical
 from kdbench.leaderboard.site import build_site, prepare_records
 from kdbench.results.records import load_records, results_files
