@@ -1,4 +1,4 @@
-"""``kdbench leaderboard build|add|serve``: publish results as a static site (DESIGN.md §6).
+"""``kdbench leaderboard build|add|reproduce|serve``: publish results as a static site (DESIGN.md §6).
 
 Library errors (bad records, unwritable output) are KdbenchErrors; the group in ``kdbench.cli`` turns them
 into a one-paragraph message and a non-zero exit.
@@ -10,8 +10,11 @@ import functools
 import http.server
 import json
 import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +23,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from kdbench.core.errors import KdbenchError, OutputError
+from kdbench.leaderboard.boards import select_boards, write_grid_files
 from kdbench.leaderboard.ranking import Record, canonical
 from kdbench.leaderboard.site import build_site, prepare_records
 from kdbench.results.records import load_records, results_files
 
 DEFAULT_INTO = Path("leaderboard/results/results.jsonl")
+DEFAULT_BOARDS = Path("leaderboard/boards")
+DEFAULT_RUNS = Path("leaderboard/runs")
+INTERRUPTED = 130  # kdbench run's exit status after Ctrl-C (the shell's 128 + SIGINT)
 _RESULTS = click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
 _MEMBER_TEXT = click.option(
     "--include-member-text",
@@ -78,20 +85,35 @@ class AddReport:
     member_text_omitted: int
 
 
-def add_records(paths: Sequence[Path], into: Path, include_member_text: bool = False) -> AddReport:
-    """Append the valid records of ``paths`` that ``into`` does not already hold (skip exact duplicates)."""
+def add_records(
+    paths: Sequence[Path], into: Path, include_member_text: bool = False, study: Mapping[str, object] | None = None
+) -> AddReport:
+    """Append the valid records of ``paths`` whose measurement ``into`` does not already hold.
+
+    ``study`` (board, block, the run's wall time) is stamped into each record's provenance by ``reproduce``, so a
+    published number says which study run produced it and what it cost.
+    """
     new, omitted = prepare_records(load_records(results_files(paths)), include_member_text)
+    if study:
+        for record in new:
+            record["provenance"] = {**record.get("provenance", {}), "study": dict(study)}
     existing = load_records([into]) if into.exists() else []
-    seen = {canonical(r) for r in existing}
+    seen = {_measurement(r) for r in existing}
     fresh: list[Record] = []
     for record in new:
-        text = canonical(record)
+        text = _measurement(record)
         if text not in seen:
             seen.add(text)
             fresh.append(record)
     if fresh:
         _append_atomically(into, fresh)
     return AddReport(len(fresh), len(new) - len(fresh), len(existing) + len(fresh), omitted)
+
+
+def _measurement(record: Record) -> str:
+    """A record without its run id and provenance: the same seed measured again (a resumed or repeated run that
+    reused the cached models) gives the same text, so the data of record holds it once."""
+    return canonical({k: v for k, v in record.items() if k not in ("run_id", "provenance")})
 
 
 def _append_atomically(into: Path, records: Sequence[Record]) -> None:
@@ -136,6 +158,76 @@ def add(results: tuple[Path, ...], into: Path, include_member_text: bool) -> Non
         f"[bold green]Added[/] {report.added} record(s) to {escape(str(into))}; skipped {report.duplicates} "
         f"duplicate(s); {report.total} in total."
     )
+
+
+@leaderboard.command()
+@click.argument("boards", nargs=-1)
+@click.option("--boards-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_BOARDS,
+              show_default=True, help="Where the board files are.")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUNS,
+              show_default=True, help="Run directories, one per board block (resumed when run again).")
+@click.option("--into", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_INTO, show_default=True,
+              help="The results file of record the finished blocks are appended to.")
+@click.option("--site", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
+              help="Where to build the site from --into once the boards have run.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="KDBENCH_DATA_DIR",
+              help="Data directory for boards on real data (e.g. ../shared/data); boards that need one are "
+                   "skipped without it.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", "ray_address", help="With --executor ray: the cluster address.")
+def reproduce(boards: tuple[str, ...], boards_dir: Path, runs_dir: Path, into: Path, site: Path,
+              data_dir: Path | None, executor: str, ray_address: str | None) -> None:
+    """Run the published study (BOARDS, default all), append its records to --into and build the site.
+
+    Each block of a board is one `kdbench run --grid`; a block that ran before resumes from its run directory
+    and the cache, so an interrupted study is finished by running the same command again.
+    """
+    console = _console()
+    selected = select_boards(boards_dir, boards)
+    failed_blocks: list[str] = []
+    for board in selected:
+        if board.needs_data_dir and data_dir is None:
+            console.print(f"[yellow]Skipped[/] board {board.name}: it runs on real data; pass --data-dir.")
+            continue
+        for block, grid_file, out in write_grid_files(board, runs_dir):
+            label = f"{board.name}/{block.name}"
+            command = [sys.executable, "-m", "kdbench", "run", "--grid", str(grid_file), "--out", str(out),
+                       "--executor", executor]
+            if ray_address:
+                command += ["--address", ray_address]
+            if board.needs_data_dir and data_dir is not None:
+                command += ["--data-dir", str(data_dir)]
+            console.print(f"[bold]{escape(label)}[/]: {escape(' '.join(command[1:]))}")
+            status = _run_block(command)
+            if status == INTERRUPTED:
+                raise KeyboardInterrupt
+            if status not in (0, 1):
+                raise KdbenchError(f"{label}: kdbench run exited with status {status}; see its message above.")
+            if status == 1:
+                failed_blocks.append(label)
+            run_json = json.loads((out / "run.json").read_text(encoding="utf-8"))
+            study = {"board": board.name, "block": block.name, "run_wall_time": run_json.get("wall_time"),
+                     "machine": run_json.get("machine"), "finished": run_json.get("finished")}
+            report = add_records([out], into, study=study)
+            console.print(f"{escape(label)}: added {report.added} record(s) to {escape(str(into))}; "
+                          f"{report.duplicates} already there.")
+    built = build_site([into], site)
+    console.print(f"[bold green]Built[/] {built.pages} pages from {escape(str(into))} → "
+                  f"{escape(str(site / 'index.html'))}")
+    if failed_blocks:
+        raise KdbenchError(f"Some cells failed in {', '.join(failed_blocks)} (their records are missing); "
+                           "see run.json there, then run the same command again.")
+
+
+def _run_block(command: list[str]) -> int:
+    """One block as its own process (as a user would run it): its memory is returned when it ends."""
+    started = time.perf_counter()
+    try:
+        status = subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    _console().print(f"  ({time.perf_counter() - started:.0f} s)")
+    return status
 
 
 def make_server(site: Path, port: int, host: str = "127.0.0.1") -> http.server.ThreadingHTTPServer:

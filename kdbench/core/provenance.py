@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata as metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -29,6 +30,24 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def machine() -> dict[str, Any]:
+    """The hardware a published wall time was measured on: CPU count and model, memory."""
+    memory = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        memory = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    return {"cpus": os.cpu_count(), "cpu": _cpu_model() or platform.machine(), "memory_gib": memory}
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
@@ -43,6 +62,7 @@ def environment() -> dict[str, Any]:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "machine": machine(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "packages": versions,

@@ -1,0 +1,111 @@
+"""The published study as data: board files, and `kdbench leaderboard reproduce` running them end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kdbench.cli import main
+from kdbench.core.errors import KdbenchError
+from kdbench.leaderboard.boards import load_board, select_boards
+from kdbench.run.grid import load_grid_file
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = str(Path(__file__).parent / "fixtures" / "tiny-task.yaml")
+
+
+def _board(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_boards_load_and_expand_to_valid_grid_files(tmp_path: Path) -> None:
+    boards = select_boards(REPO / "leaderboard" / "boards", ())
+    assert {b.name for b in boards} >= {"default", "dolly"}
+    default = next(b for b in boards if b.name == "default")
+    techniques, defenses = (dict(b.grid) for b in default.blocks)
+    # the study the issue defines: six distillers + the no-KD recipe with no defense, and every defense on kd and
+    # an on-policy distiller, 3 seeds, both protocols
+    assert set(techniques["distillers"]) == {"sft", "kd", "seqkd", "gkd", "imitkd", "distillm", "minillm"}
+    assert techniques["defenses"] == ["none"]
+    assert set(defenses["distillers"]) == {"kd", "gkd"}
+    assert techniques["seeds"] == [0, 1, 2]
+    assert set(techniques["tasks"]) == {"synthetic-pii", "synthetic-pii-private"}
+    from kdbench.core.registry import get_registry
+    from kdbench.leaderboard.boards import write_grid_files
+
+    defense_names = {spec.split(":")[0] for spec in defenses["defenses"]}
+    assert defense_names == set(get_registry().names("defenses")) - {"none"}
+    for board in boards:
+        for _block, grid_file, _out in write_grid_files(board, tmp_path):
+            grid = load_grid_file(grid_file)  # the run command's own reader accepts every block
+            assert grid["task"] and grid["distiller"] and grid["attack"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grid: {tasks: [a]}\nblocks: {x: {distillers: [kd], attacks: [loss], seeds: [0], sede: 1}}", "sede"),
+        ("grid: {tasks: [a], attacks: [loss]}\nblocks: {x: {distillers: [kd], attacks: [mink]}}", "already set"),
+        ("grid: {tasks: [a]}\nblocks: {x: {distillers: [kd]}}", "no 'attack'"),
+        ("grid: {tasks: [a]}\nblockz: {}", "blockz"),
+        ("grid: {tasks: [a]}\nblocks: []", "'blocks' must map"),
+        ("grid: {tasks: [a], attacks: [loss]}\nblocks: {'Bad Name': {distillers: [kd]}}", "block name"),
+    ],
+)
+def test_bad_board_files_are_refused_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _board(tmp_path, "b", text)
+    with pytest.raises(KdbenchError, match=message) as caught:
+        load_board(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unknown_board_gets_did_you_mean(tmp_path: Path) -> None:
+    _board(tmp_path, "default", "grid: {tasks: [a], attacks: [loss]}\nblocks: {x: {distillers: [kd]}}")
+    with pytest.raises(KdbenchError, match="Did you mean 'default'"):
+        select_boards(tmp_path, ("defualt",))
+
+
+def test_reproduce_runs_every_block_appends_with_provenance_builds_the_site_and_resumes(tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    _board(boards, "tiny", f"""
+grid: {{tasks: ["{TINY}"], seeds: [0], attacks: [loss]}}
+blocks:
+  techniques: {{distillers: [sft, kd], defenses: [none]}}
+  defenses: {{distillers: [kd], defenses: [nonorm]}}
+""")
+    # a board on real data is skipped, with a reason, when no --data-dir is given
+    _board(boards, "real", f'data_dir: true\ngrid: {{tasks: ["{TINY}"], attacks: [loss]}}\n'
+                           "blocks: {x: {distillers: [kd]}}")
+    into = tmp_path / "results" / "results.jsonl"
+    into.parent.mkdir()
+    args = ["leaderboard", "reproduce", "--boards-dir", str(boards), "--runs-dir", str(tmp_path / "runs"),
+            "--into", str(into), "--site", str(tmp_path / "site")]
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert "Skipped board real" in first.output
+    records = [json.loads(line) for line in into.read_text(encoding="utf-8").splitlines()]
+    cells = {(r["distiller"], r["defense"]) for r in records if r["target"] == "student"}
+    assert cells == {("sft", "none"), ("kd", "none"), ("kd", "nonorm")}
+    for record in records:
+        study = record["provenance"]["study"]
+        assert study["board"] == "tiny" and study["block"] in {"techniques", "defenses"}
+        assert study["run_wall_time"] > 0
+        assert study["machine"]["cpus"] >= 1
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "runs" / "tiny" / "techniques.grid.yaml").is_file()
+
+    # the same command again: every block resumes from the cache, nothing is appended twice
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "added 0 record(s)" in again.output
+    assert len(into.read_text(encoding="utf-8").splitlines()) == len(records)
+    for block in ("techniques", "defenses"):
+        run = json.loads((tmp_path / "runs" / "tiny" / block / "run.json").read_text(encoding="utf-8"))
+        builds = run["cache"]["builds"]
+        assert not builds, f"{block} rebuilt {builds} on resume"
