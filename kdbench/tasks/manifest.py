@@ -62,6 +62,14 @@ SCHEMA: dict[str, Field] = {
         "file": Field((str,)),
         "format": Field((str,), choices=("jsonl", "json", "csv")),
         "sha256": Field((str,)),
+        "rows": Field((int,), minimum=0),
+        "origin": Field((dict,), children={
+            "repo": Field((str,), required=True),
+            "revision": Field((str,), required=True),
+            "path": Field((str,)),
+            "url": Field((str,)),
+            "license": Field((str,)),
+        }),
         "id_prefix": Field((str,)),
     }),
     "fields": Field((dict,), children={
@@ -268,7 +276,7 @@ def _check_source(data: dict[str, Any], path: Path) -> None:
             f"(found {', '.join(kinds) or 'none'})."
         )
     if kinds[0] == "generator":
-        for key in ("format", "sha256", "id_prefix"):
+        for key in ("format", "sha256", "rows", "origin", "id_prefix"):
             if key in source:
                 raise TaskError(f"{path}: key 'source.{key}' applies to hub and file sources, not generators.")
         if "fields" in data:
