@@ -231,7 +231,18 @@ def _load_document(path: Path, stack: tuple[Path, ...], included: list[Path]) ->
             raise TaskError(f"{path}: key 'include': no such file {name!r} (looked for {target}).")
         included.append(target)
         merged = _deep_merge(merged, _load_document(target, (*stack, target), included))
-    return _deep_merge(merged, data)
+    return _deep_merge(_without_stale_origin(merged, data), data)
+
+
+def _without_stale_origin(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``source.origin`` says where the pinned file comes from; a manifest that pins another file (its own
+    ``source.sha256``) without its own origin does not inherit one that describes a different file."""
+    source, pinned = base.get("source"), override.get("source")
+    if not isinstance(source, dict) or not isinstance(pinned, dict) or "origin" not in source:
+        return base
+    if "sha256" in pinned and "origin" not in pinned and pinned["sha256"] != source.get("sha256"):
+        return {**base, "source": {k: v for k, v in source.items() if k != "origin"}}
+    return base
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
