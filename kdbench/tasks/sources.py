@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -189,8 +190,8 @@ def _file_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, 
     candidates = _file_candidates(Path(name), task.path.parent, data_dir)
     for candidate in candidates:
         if candidate.is_file():
-            origin = {"kind": "file", "file": candidate.name, "sha256": file_sha256(candidate)}
-            return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+            rows, sha = read_file(candidate, task.source.get("format"))
+            return rows, {"kind": "file", "file": candidate.name, "sha256": sha}, str(candidate)
     looked = ", ".join(str(c) for c in candidates)
     raise MissingDataError(
         f"{task.path}: key 'source.file': {name!r} not found (looked for {looked}). Put the file there or pass "
@@ -208,16 +209,36 @@ def _file_candidates(name: Path, manifest_dir: Path, data_dir: Path | None) -> l
 
 def read_rows(path: Path, fmt: str | None = None) -> list[Any]:
     """The rows of a JSONL, JSON (a list of objects) or CSV file, in file order."""
+    return read_file(path, fmt)[0]
+
+
+_PARSED: dict[tuple[str, str], list[Any]] = {}  # (sha256, format) -> rows: by content, so never stale
+_PARSED_MAX = 4
+
+
+def read_file(path: Path, fmt: str | None = None) -> tuple[list[Any], str]:
+    """The rows of a data file and its sha256, from one read. Parsed rows are memoised by content hash, so the
+    dolly tasks that share one 13 MB file (``tasks verify``) parse it once per process; callers must not mutate
+    them."""
     kind = fmt or FORMATS.get(path.suffix.lower())
     if kind is None:
         raise TaskError(f"{path}: unknown data format; use one of {', '.join(FORMATS)} or set 'source.format'.")
     try:
-        if kind == "csv":  # newline="" keeps line breaks inside quoted cells
-            with path.open(encoding="utf-8-sig", newline="") as handle:
-                return list(csv.DictReader(handle))
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if (sha, kind) in _PARSED:
+            return list(_PARSED[(sha, kind)]), sha
+        text = data.decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline=""))) if kind == "csv" else _parse_json(path, text, kind)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[(sha, kind)] = rows
+    return list(rows), sha
+
+
+def _parse_json(path: Path, text: str, kind: str) -> list[Any]:
     if kind == "json":
         rows = _json(path, text, 0)
         if not isinstance(rows, list):
@@ -231,10 +252,11 @@ def _json(path: Path, text: str, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        where = f"line {line}" if line else f"line {exc.lineno}"
+        where, expected = (f"line {line}", "one JSON object per line (JSON lines)") if line else (
+            f"line {exc.lineno}", "a JSON list of objects")
         raise TaskError(
-            f"{path}: {where} is not valid JSON ({exc.msg}); expected one JSON object per line (JSON lines). The file "
-            "is damaged or not this task's data: get a fresh copy."
+            f"{path}: {where} is not valid JSON ({exc.msg}); expected {expected}. The file is damaged or not this "
+            "task's data: get a fresh copy."
         ) from None
 
 
@@ -248,8 +270,8 @@ def _hub_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, A
         for candidate in hub_candidates(task, data_dir):
             if candidate.is_file():
                 origin["file"] = candidate.name if data_dir.is_file() else str(candidate.relative_to(data_dir))
-                origin["sha256"] = file_sha256(candidate)
-                return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+                rows, origin["sha256"] = read_file(candidate, task.source.get("format"))
+                return rows, origin, str(candidate)
         raise MissingDataError(missing_data_message(task, data_dir))
     try:
         import datasets  # the optional kdbench[hub] extra
