@@ -259,3 +259,22 @@ def contains(value: object, wanted: dict[str, str]) -> bool:
         return True
     children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
     return any(contains(child, wanted) for child in children)
+
+
+def test_a_task_longer_than_the_embedded_models_is_refused_before_any_work(tmp_path: Path, cache_dir: Path) -> None:
+    """dolly.yaml keeps max_total_tokens 512; the embedded tiny models take 256 positions (their config, read
+    here independently): refused naming both numbers, before any data is read or anything trained."""
+    from kdbench.models.hub import model_config
+
+    positions = model_config("builtin:gpt2-tiny-teacher").n_positions
+    manifest = tmp_path / "dolly-tiny.yaml"
+    manifest.write_text(f"include: {available_tasks()['dolly'].resolve()}\nname: dolly-tiny-models\nmodels: "
+                        "{teacher: 'builtin:gpt2-tiny-teacher', student: 'builtin:gpt2-tiny-student'}\n", "utf-8")
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(main, ["run", "--task", str(manifest), "--data-dir", str(tmp_path / "no-data"),
+                                       "--distiller", "kd", "--attack", "loss", "--out", str(tmp_path / "run")],
+                                env={"KDBENCH_CACHE_DIR": str(cache)})
+    flat = " ".join(result.output.split())
+    assert result.exit_code != 0 and positions == 256
+    assert "key 'models.max_total_tokens' is 512, but the teacher builtin:gpt2-tiny-teacher takes at most 256" in flat
+    assert not (tmp_path / "run").exists() and not any(cache.rglob("*.safetensors"))

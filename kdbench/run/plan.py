@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from kdbench.core.errors import KdbenchError, PluginError
+from kdbench.core.errors import KdbenchError, PluginError, TaskError
 from kdbench.core.params import PluginSpec, build_params
 from kdbench.core.registry import Registry, Resolved
 from kdbench.defense.stack import DefenseStack
-from kdbench.models.hub import model_config
+from kdbench.models.hub import config_positions, is_builtin, model_config
+from kdbench.tasks.manifest import Task
 
 
 def expand(registry: Registry, kind: str, specs: Sequence[PluginSpec]) -> list[PluginSpec]:
@@ -68,6 +70,33 @@ def check_defenses(
                     configs[ref] = None
             for spec in distillers:
                 defenses.check(configs[ref], spec.name)
+
+
+def check_lengths(
+    tasks: Sequence[Task], models: Sequence[tuple[str | None, str | None]], trust_remote_code: bool
+) -> None:
+    """Refuse, before any work, a task whose ``models.max_total_tokens`` exceeds what its teacher or student can
+    take (e.g. ``dolly.yaml``'s 512 with the embedded tiny models' 256 positions): it would otherwise fail deep in
+    training on the position embedding. Checked here for the embedded models and local model directories (no
+    network); others are capped to their positions when they sample (``DistillJob.new_token_budget``)."""
+    limits: dict[str, int | None] = {}
+    for task in tasks:
+        for teacher, student in models:
+            for role, ref in (("teacher", teacher or task.models.teacher), ("student", student or task.models.student)):
+                if ref not in limits:
+                    try:
+                        local = is_builtin(ref) or Path(ref).is_dir()
+                        limits[ref] = config_positions(model_config(ref, trust_remote_code)) if local else None
+                    except KdbenchError:
+                        limits[ref] = None
+                limit = limits[ref]
+                if limit is not None and task.models.max_total_tokens > limit:
+                    raise TaskError(
+                        f"{task.path}: key 'models.max_total_tokens' is {task.models.max_total_tokens}, but the "
+                        f"{role} {ref} takes at most {limit} positions. Set models.max_total_tokens to at most "
+                        f"{limit} (and models.max_prompt_tokens below it) in a manifest that includes "
+                        f"{task.path.name}, or use models with more positions."
+                    )
 
 
 def defense_stacks(registry: Registry, stacks: Sequence[Sequence[PluginSpec]]) -> list[tuple[PluginSpec, ...]]:
