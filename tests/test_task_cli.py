@@ -278,3 +278,27 @@ def test_a_task_longer_than_the_embedded_models_is_refused_before_any_work(tmp_p
     assert result.exit_code != 0 and positions == 256
     assert "key 'models.max_total_tokens' is 512, but the teacher builtin:gpt2-tiny-teacher takes at most 256" in flat
     assert not (tmp_path / "run").exists() and not any(cache.rglob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_run_on_real_dolly_rows_end_to_end(real_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """`kdbench run --data-dir ../shared/data` on a slice of the real Dolly file (dolly's own cut and pins, a few
+    dozen rows per role, micro models): the frozen slice is what was trained and attacked."""
+    manifest = FIXTURES / "tasks" / "dolly-real-slice.yaml"
+    frozen = json.loads((manifest.parent / "splits" / "dolly-real-slice.json").read_text("utf-8"))
+    rows = {role: [int(i.removeprefix("dolly-")) for i in info["ids"]] for role, info in frozen["roles"].items()}
+    assert max(rows["holdout"] + rows["eval"]) < 4000 and all(4000 <= r < 9507 for r in rows["private"])
+    assert min(rows["public"]) >= 9507 and frozen["source"]["rows"] == 15015
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        ["run", "--task", str(manifest), "--data-dir", str(real_data), "--distiller", "kd", "--attack", "loss",
+         "--out", str(out)],
+        env={"KDBENCH_CACHE_DIR": str(cache_dir)},
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines()]
+    assert {r["target"] for r in records} == {"teacher", "baseline", "student"}
+    assert {r["task"] for r in records} == {"dolly-real-slice"}
+    hashes = {role: info["sha256"] for role, info in frozen["roles"].items()}
+    assert contains(json.loads((out / "run.json").read_text("utf-8")), hashes)
