@@ -261,23 +261,17 @@ def contains(value: object, wanted: dict[str, str]) -> bool:
     return any(contains(child, wanted) for child in children)
 
 
-def test_a_task_longer_than_the_embedded_models_is_refused_before_any_work(tmp_path: Path, cache_dir: Path) -> None:
-    """dolly.yaml keeps max_total_tokens 512; the embedded tiny models take 256 positions (their config, read
-    here independently): refused naming both numbers, before any data is read or anything trained."""
-    from kdbench.models.hub import model_config
+def test_sequence_caps_follow_the_models_positions() -> None:
+    """Hand-computed caps: dolly.yaml (512 total, 256 prompt, 256 new tokens) on the embedded models' 256 positions
+    -> 256 total, prompt 128; synthetic-pii (64 new tokens) -> prompt 192; nothing changes when the models fit."""
+    from kdbench.run.plan import effective_lengths, model_positions
 
-    positions = model_config("builtin:gpt2-tiny-teacher").n_positions
-    manifest = tmp_path / "dolly-tiny.yaml"
-    manifest.write_text(f"include: {available_tasks()['dolly'].resolve()}\nname: dolly-tiny-models\nmodels: "
-                        "{teacher: 'builtin:gpt2-tiny-teacher', student: 'builtin:gpt2-tiny-student'}\n", "utf-8")
-    cache = tmp_path / "cache"
-    result = CliRunner().invoke(main, ["run", "--task", str(manifest), "--data-dir", str(tmp_path / "no-data"),
-                                       "--distiller", "kd", "--attack", "loss", "--out", str(tmp_path / "run")],
-                                env={"KDBENCH_CACHE_DIR": str(cache)})
-    flat = " ".join(result.output.split())
-    assert result.exit_code != 0 and positions == 256
-    assert "key 'models.max_total_tokens' is 512, but the teacher builtin:gpt2-tiny-teacher takes at most 256" in flat
-    assert not (tmp_path / "run").exists() and not any(cache.rglob("*.safetensors"))
+    positions = model_positions(["builtin:gpt2-tiny-teacher", "builtin:gpt2-tiny-student"])
+    assert positions == 256 and model_positions(["builtin:gpt2-micro", "builtin:gpt2-tiny-student"]) == 128
+    assert effective_lengths(load_task("dolly"), positions) == (128, 256)
+    assert effective_lengths(load_task("synthetic-pii"), positions) == (192, 256)
+    assert effective_lengths(load_task("dolly"), 1024) == (256, 512)
+    assert effective_lengths(load_task("dolly"), None) == (256, 512)  # hub models: their own limits apply
 
 
 @pytest.mark.slow
@@ -302,3 +296,23 @@ def test_run_on_real_dolly_rows_end_to_end(real_data: Path, tmp_path: Path, cach
     assert {r["task"] for r in records} == {"dolly-real-slice"}
     hashes = {role: info["sha256"] for role, info in frozen["roles"].items()}
     assert contains(json.loads((out / "run.json").read_text("utf-8")), hashes)
+
+
+@pytest.mark.slow
+def test_real_dolly_longer_than_the_models_is_capped_and_said_once(real_data: Path, tmp_path: Path,
+                                                                    cache_dir: Path) -> None:
+    """dolly's 256/512 token lengths kept with micro models of 128 positions: real Dolly records are longer than
+    that, so without a cap the position embedding fails; the run caps sequences at 128 and says so once."""
+    manifest = tmp_path / "slice-512.yaml"
+    manifest.write_text(f"include: {FIXTURES / 'tasks' / 'dolly-real-slice.yaml'}\nname: dolly-real-slice-512\n"
+                        "models: {max_prompt_tokens: 256, max_total_tokens: 512}\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        main, ["run", "--task", str(manifest), "--data-dir", str(real_data), "--distiller", "kd", "--attack", "loss",
+               "--out", str(out)], env={"KDBENCH_CACHE_DIR": str(cache_dir)})
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    said = "key 'models.max_total_tokens' is 512, but builtin:gpt2-micro / builtin:gpt2-micro take at most 128"
+    assert flat.count(said) == 1 and "capped at 128 tokens (prompts at 112)" in flat
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines()]
+    assert {r["target"] for r in records} == {"teacher", "baseline", "student"}

@@ -30,7 +30,7 @@ from kdbench.run.context import RunContext
 from kdbench.run.executors.local import Executor, local_executor
 from kdbench.run.executors.ray import ray_executor
 from kdbench.run.grid import Cell, Grid
-from kdbench.run.plan import check_defenses, check_lengths, defense_stacks, expand, resolve
+from kdbench.run.plan import check_defenses, defense_stacks, expand, length_caps, resolve
 from kdbench.run.state import RunState
 from kdbench.tasks.manifest import Task, TaskError, load_task
 
@@ -119,7 +119,8 @@ class Runner:
         if config.family:
             get_family(config.family)
         tasks = [_distillable(load_task(name)) for name in config.tasks]
-        check_lengths(tasks, config.models, config.trust_remote_code)
+        for line in length_caps(tasks, config.models, config.trust_remote_code):
+            self.reporter.log(line, level="warning")
         students = {m[1] or task.models.student for task in tasks for m in config.models}
         check_defenses(self.registry, stacks, distillers, students, config.trust_remote_code)
         grid = Grid(
