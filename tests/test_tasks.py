@@ -66,7 +66,7 @@ def test_every_shipped_task_validates_and_is_named_after_its_file(name: str) -> 
 def test_the_shipped_task_list_is_complete() -> None:
     categories = ["open_qa", "general_qa", "classification", "closed_qa", "brainstorming", "information_extraction",
                   "summarization", "creative_writing"]
-    expected = {"synthetic-pii", "dolly", "self-inst", "vicuna", "s-ni", "un-ni"}
+    expected = {"synthetic-pii", "dolly", "dolly-study-tiny", "self-inst", "vicuna", "s-ni", "un-ni"}
     expected |= {f"dolly-{c}" for c in categories} | {f"synthetic-pii-{c}" for c in categories if c != "general_qa"}
     assert set(SHIPPED) == expected
 
