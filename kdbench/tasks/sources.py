@@ -66,9 +66,9 @@ def load(task: Task, data_dir: Path | None = None, check_pin: bool = True) -> Lo
     mismatch = pin_mismatch(task, origin, location)
     if mismatch is None:
         origin.update(_provenance(task))
-    else:  # record what was read, never the origin the manifest claims for a different file
-        origin = {k: v for k, v in origin.items() if k in ("kind", "file", "sha256", "rows")}
-        origin["kind"] = "file"
+    else:
+        if "file" in origin:  # a local file: record what was read, never the origin the manifest claims for another
+            origin = {"kind": "file", **{k: v for k, v in origin.items() if k in ("file", "sha256", "rows")}}
         if check_pin:
             raise PinMismatchError(mismatch)
     if not rows:
