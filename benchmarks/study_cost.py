@@ -56,7 +56,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        timings = json.loads((root / "run" / "run.json").read_text("utf-8")).get("timings", {})
+        timings = json.loads((root / "run" / "run.json").read_text("utf-8")).get("wall_time_per_stage", {})
     scale = 1 / args.fraction
     print(f"scaled run: sizes {sizes}, n_attack {n_attack}; exit {done.returncode}")
     print(f"  wall {wall:.0f} s, CPU {cpu:.0f} s (user + system)")
