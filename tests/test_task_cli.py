@@ -269,7 +269,7 @@ def test_sequence_caps_follow_the_models_positions() -> None:
     positions = model_positions(["builtin:gpt2-tiny-teacher", "builtin:gpt2-tiny-student"])
     assert positions == 256 and model_positions(["builtin:gpt2-micro", "builtin:gpt2-tiny-student"]) == 128
     assert effective_lengths(load_task("dolly"), positions) == (128, 256)
-    assert effective_lengths(load_task("synthetic-pii"), positions) == (192, 256)
+    assert effective_lengths(load_task("synthetic-pii"), positions) == (192, 256)  # its own caps: nothing to cap
     assert effective_lengths(load_task("dolly"), 1024) == (256, 512)
     assert effective_lengths(load_task("dolly"), None) == (256, 512)  # hub models: their own limits apply
 
