@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -263,13 +264,17 @@ def contains(value: object, wanted: dict[str, str]) -> bool:
 
 def test_sequence_caps_follow_the_models_positions() -> None:
     """Hand-computed caps: dolly.yaml (512 total, 256 prompt, 256 new tokens) on the embedded models' 256 positions
-    -> 256 total, prompt 128; synthetic-pii (64 new tokens) -> prompt 192; nothing changes when the models fit."""
+    -> 256 total, prompt 128; synthetic-pii at [Z]'s 256/512 (64 new tokens) -> prompt 192; nothing changes when the
+    models fit."""
     from kdbench.run.plan import effective_lengths, model_positions
 
     positions = model_positions(["builtin:gpt2-tiny-teacher", "builtin:gpt2-tiny-student"])
     assert positions == 256 and model_positions(["builtin:gpt2-micro", "builtin:gpt2-tiny-student"]) == 128
     assert effective_lengths(load_task("dolly"), positions) == (128, 256)
-    assert effective_lengths(load_task("synthetic-pii"), positions) == (192, 256)  # its own caps: nothing to cap
+    synthetic = load_task("synthetic-pii")
+    assert effective_lengths(synthetic, positions) == (192, 256)  # its own lengths: nothing to cap
+    as_z = replace(synthetic, models=replace(synthetic.models, max_prompt_tokens=256, max_total_tokens=512))
+    assert effective_lengths(as_z, positions) == (192, 256)  # 256 - 64 new tokens > 256 // 2
     assert effective_lengths(load_task("dolly"), 1024) == (256, 512)
     assert effective_lengths(load_task("dolly"), None) == (256, 512)  # hub models: their own limits apply
 
