@@ -15,6 +15,18 @@ if TYPE_CHECKING:
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_TASK = FIXTURES / "tiny-task.yaml"
+# The real task data (Dolly-15k's original release, MiniLLM's utility sets) beside the repository, as CI has it:
+# never copied into the repository. See its README.md.
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """``../shared/data`` (the real task data); tests that need it are skipped, saying why, where it is absent."""
+    if not (REAL_DATA / "databricks-dolly-15k.jsonl").is_file():
+        pytest.skip(f"real task data not found at {REAL_DATA} (../shared/data beside the repository, as in CI); "
+                    "these tests check the shipped tasks against it")
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")

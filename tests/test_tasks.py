@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from kdbench.core.data import content_key
+from kdbench.core.data import Example, content_key
 from kdbench.core.errors import TaskError
 from kdbench.tasks import sources
 from kdbench.tasks.manifest import ROLES, Task, available_tasks, load_task
-from kdbench.tasks.sources import MissingDataError
+from kdbench.tasks.sources import MissingDataError, PinMismatchError
 from kdbench.tasks.splits import Splits, dedupe, freeze_splits, make_splits, split_manifest_path, verify_splits
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,7 +24,8 @@ DATA = FIXTURES / "data"
 DOLLY_MICRO = FIXTURES / "tasks" / "dolly-micro.yaml"
 SHIPPED = sorted(available_tasks())
 GENERATED = [name for name in SHIPPED if load_task(name).source_kind == "generator"]
-HUB = [name for name in SHIPPED if load_task(name).source_kind == "hub"]
+REAL = [name for name in SHIPPED if name not in GENERATED]  # tasks on real data (../shared/data)
+UNAVAILABLE = {"un-ni"}  # no usable public copy of its data: unfrozen
 # synthetic-pii as it was before split manifests existed: its content and splits must never change silently.
 SYNTHETIC_PII_HASHES = {
     "private": "70c2841503c294c8fa36a023263dfeafcd4987d2ea7c080c9804628d446a68c0",
@@ -37,22 +38,6 @@ SYNTHETIC_PII_HASHES = {
 @pytest.fixture(autouse=True)
 def _no_data_dir_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
-
-
-@pytest.fixture(scope="session")
-def scaled_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixtures with Dolly's file grown to 4,600 distinct-ish rows, enough for the full [Z] protocol."""
-    root = tmp_path_factory.mktemp("data")
-    shutil.copytree(DATA, root, dirs_exist_ok=True)
-    rows = [json.loads(line) for line in (DATA / "databricks-dolly-15k.jsonl").read_text("utf-8").split("\n") if line]
-    grown = []
-    for k in range(4600):
-        row = dict(rows[k % len(rows)])
-        if k >= len(rows):
-            row["instruction"] += f" (variant {k // len(rows)})"
-        grown.append(json.dumps(row, ensure_ascii=False))
-    (root / "databricks-dolly-15k.jsonl").write_text("\n".join(grown) + "\n", encoding="utf-8")
-    return root
 
 
 def write(path: Path, text: str) -> Path:
@@ -81,7 +66,8 @@ def test_every_shipped_task_validates_and_is_named_after_its_file(name: str) -> 
 def test_the_shipped_task_list_is_complete() -> None:
     categories = ["open_qa", "general_qa", "classification", "closed_qa", "brainstorming", "information_extraction",
                   "summarization", "creative_writing"]
-    expected = {"synthetic-pii", "dolly", "self-inst", "vicuna", "s-ni", "un-ni"}
+    expected = {"synthetic-pii", "synthetic-pii-private", "dolly", "dolly-study-tiny", "self-inst", "vicuna", "s-ni",
+                "un-ni"}
     expected |= {f"dolly-{c}" for c in categories} | {f"synthetic-pii-{c}" for c in categories if c != "general_qa"}
     assert set(SHIPPED) == expected
 
@@ -109,30 +95,46 @@ def test_per_category_synthetic_tasks_hold_one_category_of_the_same_people() -> 
     assert {e.category for examples in make_splits(task).roles.values() for e in examples} == {"closed_qa"}
 
 
-@pytest.mark.parametrize("name", HUB)
-def test_hub_tasks_split_into_disjoint_roles_on_a_local_fixture(name: str, scaled_data: Path) -> None:
+@pytest.mark.parametrize("name", REAL)
+def test_real_tasks_verify_against_their_split_manifests_on_the_real_data(name: str, real_data: Path) -> None:
     task = load_task(name)
-    splits = make_splits(task, data_dir=scaled_data)
+    if name in UNAVAILABLE:
+        assert not split_manifest_path(task).exists()
+        with pytest.raises(MissingDataError, match="not available here"):
+            make_splits(task, data_dir=real_data)
+        return
+    splits = make_splits(task, data_dir=real_data)
     assert_disjoint_and_filled(task, splits)
-    assert verify_splits(task, splits) is False  # no split manifest can be frozen here: unfrozen, not "passed"
+    assert verify_splits(task, splits) is True
+    frozen = json.loads(split_manifest_path(task).read_text("utf-8"))
+    assert frozen["source"]["sha256"] == task.source["sha256"] == sources.file_sha256(Path(splits.location))
+    assert frozen["source"]["rows"] == task.source["rows"]
 
 
-def test_dolly_category_tasks_are_exactly_dollys_roles_of_that_category(scaled_data: Path) -> None:
-    dolly = make_splits(load_task("dolly"), data_dir=scaled_data)
-    sliced = make_splits(load_task("dolly-closed_qa"), data_dir=scaled_data)
+def test_dolly_category_tasks_are_exactly_dollys_roles_of_that_category(real_data: Path) -> None:
+    dolly = make_splits(load_task("dolly"), data_dir=real_data)
+    sliced = make_splits(load_task("dolly-closed_qa"), data_dir=real_data)
     for role in ROLES:
         assert [e.id for e in sliced.roles[role]] == [e.id for e in dolly.roles[role] if e.category == "closed_qa"]
 
 
-def test_eval_only_sets_have_only_an_eval_role_and_use_the_first_reference(scaled_data: Path) -> None:
+def test_eval_only_sets_have_only_an_eval_role_and_use_the_first_reference(real_data: Path) -> None:
     task = load_task("s-ni")
     assert task.eval_only and task.roles == ("eval",)
-    splits = make_splits(task, data_dir=scaled_data)
-    first = json.loads((DATA / "MiniLLM/sinst/11_/valid.jsonl").read_text("utf-8").split("\n")[0])
+    splits = make_splits(task, data_dir=real_data)
+    first = json.loads((real_data / "MiniLLM/sinst/11_/valid.jsonl").read_text("utf-8").split("\n")[0])
     example = splits.roles["eval"][0]
     assert (example.instruction, example.context, example.response) == (
         first["instruction"], first["input"], first["output"][0])
     assert example.id == "s-ni-00000" and example.category == "s-ni"
+
+
+def test_s_ni_is_not_described_as_a_word_bucket(real_data: Path) -> None:
+    """MiniLLM's `11_` bucket counts tokens: many first references are shorter than 11 words."""
+    rows = [json.loads(line) for line in (real_data / "MiniLLM/sinst/11_/valid.jsonl").read_text("utf-8").split("\n")
+            if line.strip()]
+    assert sum(len(row["output"][0].split()) < 11 for row in rows) == 511
+    assert "words" not in load_task("s-ni").description.replace("not words", "")
 
 
 # --- the [Z] protocol and de-duplication --------------------------------------------------------------------------
@@ -143,10 +145,35 @@ def test_dolly_z_protocol_on_the_fixture() -> None:
     assert splits.duplicates_dropped == 3
     assert all(row < 40 for row in rows["holdout"] + rows["eval"])
     assert len(rows["eval"]) == 10 and rows["eval"] == sorted(rows["eval"])
-    rest = sorted(rows["private"] + rows["public"])
-    assert rows["private"] == rest[: len(rest) // 2] and rows["public"] == rest[len(rest) // 2 :]
-    assert min(rest) >= 40
+    # 125 rows: rows 40..124 are halved by file position, 85 // 2 = 42 rows private (40..81), the rest public
+    assert set(rows["private"]) <= set(range(40, 82)) and set(rows["public"]) <= set(range(82, 125))
     assert make_splits(task, data_dir=DATA).hashes() == splits.hashes()  # deterministic
+
+
+def test_the_z_cut_is_by_file_position_on_the_real_dolly_file(real_data: Path) -> None:
+    """[Z]'s code: lines [:4000] held out, int(n / 2) of the remaining lines private, no duplicate dropped first.
+    Expected ids come from the raw file read here, not from the splitter."""
+    lines = (real_data / "databricks-dolly-15k.jsonl").read_text("utf-8").split("\n")
+    assert len(lines) == 15015
+    seen: set[str] = set()
+    repeat = []
+    for line in lines:
+        row = json.loads(line)
+        key = content_key(Example("", row["instruction"], row["context"], row["response"], ""))
+        repeat.append(key in seen)
+        seen.add(key)
+    boundary = 4000 + (15015 - 4000) // 2  # 9507
+    expected = {
+        "private": [f"dolly-{r:05d}" for r in range(4000, boundary) if not repeat[r]],
+        "public": [f"dolly-{r:05d}" for r in range(boundary, 15015) if not repeat[r]],
+    }
+    splits = make_splits(load_task("dolly"), data_dir=real_data)
+    for role, ids in expected.items():
+        assert [e.id for e in splits.roles[role]] == ids
+    assert splits.roles["private"][-1].id == "dolly-09506" and splits.roles["public"][0].id == "dolly-09507"
+    assert sum(repeat) == splits.duplicates_dropped == 16
+    non_members = sorted(e.id for role in ("holdout", "eval") for e in splits.roles[role])
+    assert non_members == [f"dolly-{r:05d}" for r in range(4000) if not repeat[r]]
 
 
 def test_dedupe_keeps_the_first_of_each_content_and_its_row() -> None:
@@ -321,13 +348,91 @@ def test_a_missing_local_file_is_missing_data(tmp_path: Path) -> None:
         sources.load(file_task(tmp_path, "nope.jsonl"))
 
 
-def test_offline_hub_task_without_its_file_says_which_file_to_put_where(tmp_path: Path) -> None:
+def test_without_its_file_dolly_says_where_to_put_it_and_where_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(MissingDataError) as info:
         make_splits(load_task("dolly"), data_dir=tmp_path)
     message = str(info.value)
-    assert f"Put it at {tmp_path}/databricks-dolly-15k.jsonl" in message
-    assert "hf download databricks/databricks-dolly-15k databricks-dolly-15k.jsonl --repo-type dataset" in message
-    assert "--revision d72c16e4644a463b9c678c71d9440befd4594556" in message
+    assert f"{tmp_path}/databricks-dolly-15k.jsonl" in message and "--data-dir DIR" in message
+    assert "https://raw.githubusercontent.com/databrickslabs/dolly/d000e3030970379aabbf6d291f50ffdd3b715b64/" in message
+
+
+def test_a_data_dir_that_does_not_exist_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(MissingDataError, match=rf"--data-dir {tmp_path}/absent: no such directory or file"):
+        make_splits(load_task("dolly"), data_dir=tmp_path / "absent")
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path / "gone"))
+    with pytest.raises(MissingDataError, match=r"\$KDBENCH_DATA_DIR .*/gone: no such directory"):
+        make_splits(load_task("vicuna"))
+
+
+@pytest.fixture
+def dolly_copy(real_data: Path, tmp_path: Path) -> Callable[[Callable[[list[str]], list[str]]], Path]:
+    """A directory holding the real Dolly file changed by ``edit`` (a function of its lines)."""
+    lines = (real_data / "databricks-dolly-15k.jsonl").read_text("utf-8").split("\n")
+
+    def make(edit: Callable[[list[str]], list[str]]) -> Path:
+        write(tmp_path / "copy" / "databricks-dolly-15k.jsonl", "\n".join(edit(list(lines))))
+        return tmp_path / "copy"
+
+    return make
+
+
+def test_a_short_dolly_file_is_named_short_with_both_hashes(dolly_copy: Callable[..., Path]) -> None:
+    data = dolly_copy(lambda lines: lines[:450])
+    copy = data / "databricks-dolly-15k.jsonl"
+    with pytest.raises(PinMismatchError) as info:
+        make_splits(load_task("dolly"), data_dir=data)
+    message = str(info.value)
+    assert f"{copy} (sha256 {sources.file_sha256(copy)}, 450 rows)" in message
+    assert "4b4981dc65a58e530ec86c0074ea2bd4e465615c0e80cec5218853e6ac512a9a, 15,015 rows" in message
+    assert "it is short: 450 of 15,015 rows" in message and "raw.githubusercontent.com/databrickslabs/dolly" in message
+
+
+def test_an_empty_data_file_says_it_is_empty(dolly_copy: Callable[..., Path], tmp_path: Path) -> None:
+    with pytest.raises(PinMismatchError, match="it is empty"):
+        make_splits(load_task("dolly"), data_dir=dolly_copy(lambda lines: []))
+    write(tmp_path / "e.jsonl", "")
+    with pytest.raises(TaskError, match=r"e\.jsonl: the data file holds no rows; expected one JSON object per line"):
+        sources.load(file_task(tmp_path, "e.jsonl"))
+
+
+def test_a_malformed_dolly_file_names_the_line(dolly_copy: Callable[..., Path]) -> None:
+    data = dolly_copy(lambda lines: [*lines[:6], lines[6][:40], *lines[7:]])
+    with pytest.raises(TaskError, match=r"databricks-dolly-15k\.jsonl: line 7 is not valid JSON .*expected one JSON "
+                                        r"object per line .*get a fresh copy"):
+        make_splits(load_task("dolly"), data_dir=data)
+
+
+def test_an_unpinned_short_file_says_the_z_protocol_needs_more_rows(tmp_path: Path) -> None:
+    rows = [{"instruction": f"q{k}", "context": "", "response": f"a{k}", "category": "open_qa"} for k in range(30)]
+    write(tmp_path / "short.jsonl", "\n".join(json.dumps(r) for r in rows))
+    task = load_task(str(write(tmp_path / "t.yaml", "name: local\nversion: 1\nsource: {file: short.jsonl}\n"
+                                                    "splits: {protocol: dolly-z, holdout_rows: 40, eval_rows: 5}\n")))
+    with pytest.raises(TaskError, match=r"short\.jsonl: 30 rows, but task 'local' .*holds out the first 40 .*the "
+                                        "file is short"):
+        make_splits(task)
+
+
+def test_another_version_of_dolly_names_both_hashes_and_freezing_your_own(
+    dolly_copy: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Like the Hugging Face revision (rows removed, texts corrected): refused with both hashes, and the manifest
+    the message describes freezes and verifies on that file."""
+    data = dolly_copy(lambda lines: [line.replace("Virgin Australia", "Virgin Australia Airlines", 1)
+                                     for k, line in enumerate(lines) if k not in (10, 20, 30, 40)])
+    copy = data / "databricks-dolly-15k.jsonl"
+    sha = sources.file_sha256(copy)
+    with pytest.raises(PinMismatchError) as info:
+        make_splits(load_task("dolly"), data_dir=data)
+    message = str(info.value)
+    assert sha in message and "4b4981dc65a58e530ec86c0074ea2bd4e465615c0e80cec5218853e6ac512a9a" in message
+    assert f"source: {{sha256: {sha}, rows: 15011}}" in message and "kdbench tasks freeze YOUR.yaml" in message
+    own = write(tmp_path / "mine" / "dolly-mine.yaml", f"include: {available_tasks()['dolly'].resolve()}\n"
+                f"name: dolly-mine\nsource: {{sha256: {sha}, rows: 15011}}\n")
+    task = load_task(str(own))
+    splits = make_splits(task, data_dir=data)
+    written = json.loads(freeze_splits(task, splits).read_text("utf-8"))
+    assert written["source"] == {"kind": "file", "file": copy.name, "sha256": sha, "rows": 15011}  # no claimed origin
+    assert verify_splits(task, make_splits(task, data_dir=data)) is True
 
 
 def test_mini_llm_sets_are_looked_up_in_the_hub_layout(tmp_path: Path) -> None:
@@ -337,10 +442,10 @@ def test_mini_llm_sets_are_looked_up_in_the_hub_layout(tmp_path: Path) -> None:
 
 
 def test_the_data_dir_comes_from_the_environment_and_may_be_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(sources.DATA_DIR_ENV, str(DATA))
-    assert len(sources.load(load_task("vicuna")).examples) == 10
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(DATA))  # the fixture is not the pinned file: check_pin=False
+    assert len(sources.load(load_task("vicuna"), check_pin=False).examples) == 10
     monkeypatch.setenv(sources.DATA_DIR_ENV, str(DATA / "MiniLLM" / "Vicuna" / "valid.jsonl"))
-    assert len(sources.load(load_task("vicuna")).examples) == 10
+    assert len(sources.load(load_task("vicuna"), check_pin=False).examples) == 10
 
 
 def fake_datasets(monkeypatch: pytest.MonkeyPatch, load: Callable[..., Any]) -> None:
@@ -375,7 +480,7 @@ def test_a_failing_hub_load_says_how_to_provide_the_file(monkeypatch: pytest.Mon
 def test_without_datasets_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
     with pytest.raises(MissingDataError, match=r"pip install 'kdbench\[hub\]'"):
-        sources.load(load_task("dolly"))
+        sources.load(load_task("vicuna"))
 
 
 # --- split manifests ----------------------------------------------------------------------------------------------
@@ -399,8 +504,10 @@ def test_a_one_character_change_in_the_data_fails_verification_naming_role_and_f
     data_file.write_text(text.replace("Marrowdale", "Marrowdalf", 1), encoding="utf-8")
     frozen = json.loads(split_manifest_path(task).read_text("utf-8"))
     role = next(r for r, info in frozen["roles"].items() if "dolly-00000" in info["ids"])
+    with pytest.raises(PinMismatchError):  # the pinned sha256 catches it first
+        make_splits(task, data_dir=data_file.parent)
     with pytest.raises(TaskError) as info:
-        verify_splits(task, make_splits(task, data_dir=data_file.parent))
+        verify_splits(task, make_splits(task, data_dir=data_file.parent, check_pin=False))
     message = str(info.value)
     assert f"role {role!r} computed from {data_file} does not match" in message
     assert str(split_manifest_path(task)) in message and f"same {frozen['roles'][role]['n']} ids" in message
@@ -410,7 +517,7 @@ def test_a_one_character_change_in_the_data_fails_verification_naming_role_and_f
 def test_freeze_refuses_to_change_a_frozen_manifest_unless_forced(frozen_copy: tuple[Task, Path]) -> None:
     task, data_file = frozen_copy
     data_file.write_text(data_file.read_text("utf-8").replace("Marrowdale", "Marrowdalf", 1), encoding="utf-8")
-    changed = make_splits(task, data_dir=data_file.parent)
+    changed = make_splits(task, data_dir=data_file.parent, check_pin=False)
     with pytest.raises(TaskError, match="Refusing to overwrite"):
         freeze_splits(task, changed)
     freeze_splits(task, changed, force=True)

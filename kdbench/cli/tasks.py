@@ -1,8 +1,9 @@
 """``kdbench tasks``: list, show, validate, verify and freeze task manifests and their split manifests.
 
-``verify`` is what lets two people prove they evaluate the identical splits, so it passes only when it could check:
-a task without a split manifest, or whose data is not here, is reported loudly and fails unless
-``--skip-unavailable`` says that is expected.
+``verify`` is what lets two people prove they evaluate the identical splits. Without data it checks what a fresh
+checkout can (each split manifest consistent with itself and its task; generated tasks recomputed); with
+``--data-dir`` it recomputes every task's splits from the data and compares. An unfrozen task is reported and,
+with data, at least loaded and split; it fails only under ``--strict``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kdbench.tasks.manifest import Task, available_tasks, load_task
 from kdbench.tasks.sources import MissingDataError
 from kdbench.tasks.splits import (
     Splits,
+    check_split_manifest,
     compare_splits,
     freeze_splits,
     make_splits,
@@ -34,7 +36,8 @@ from kdbench.tasks.splits import (
 )
 
 NON_MEMBER_ROLES = ("holdout", "eval", "public")  # what `show` may print: never the private (member) role
-STYLE = {"verified": "green", "unfrozen": "yellow", "no-data": "yellow", "mismatch": "bold red", "error": "bold red"}
+STYLE = {"verified": "green", "consistent": "green", "unfrozen": "yellow", "no-data": "yellow",
+         "mismatch": "bold red", "error": "bold red"}
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), envvar="KDBENCH_DATA_DIR",
@@ -125,7 +128,7 @@ def describe_sizes(task: Task) -> str:
 def show(name: str, data_dir: Path | None, n_examples: int, as_json: bool) -> None:
     """Sizes, content hashes, category mix and a few non-member examples of a task's splits."""
     task = load_task(name)
-    splits = make_splits(task, data_dir=data_dir)
+    splits = make_splits(task, data_dir=data_dir, check_pin=False)
     status, problems = _frozen_status(task, splits)
     report = {
         "task": task.name,
@@ -227,19 +230,21 @@ def _validate_one(target: str, shipped: dict[str, Path]) -> dict[str, Any]:
 @dataclass
 class Verification:
     task: str
-    status: str  # verified | unfrozen | no-data | mismatch | error
+    status: str  # verified | consistent | unfrozen | no-data | mismatch | error
     message: str = ""
 
 
 @tasks.command("verify")
 @click.argument("names", nargs=-1)
 @data_dir_option
+@click.option("--strict", is_flag=True, help="Also fail on tasks without a split manifest (unfrozen).")
 @click.option("--skip-unavailable", is_flag=True,
-              help="Do not fail on tasks that cannot be checked here (no split manifest, or no local data); they "
-                   "are still reported.")
+              help="With --data-dir, do not fail on frozen tasks whose data is not there (still reported).")
 @json_option
-def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool, as_json: bool) -> None:
-    """Recompute each task's splits and compare them with its split manifest (all shipped tasks by default)."""
+def verify(names: tuple[str, ...], data_dir: Path | None, strict: bool, skip_unavailable: bool,
+           as_json: bool) -> None:
+    """Check each task's split manifest: consistent with itself and its task without data; recomputed from the
+    data and compared with --data-dir (all shipped tasks by default)."""
     results = [verify_one(name, data_dir) for name in (names or tuple(available_tasks()))]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))
@@ -248,34 +253,64 @@ def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool
         for result in results:
             console.print(f"[{STYLE[result.status]}]{result.status}[/] {escape(result.task)}"
                           + (f": {escape(result.message)}" if result.message else ""), soft_wrap=True)
-    if _failed(results, skip_unavailable):
+    if _failed(results, strict, skip_unavailable):
         sys.exit(EXIT_FAILURES)
 
 
 def verify_one(name: str, data_dir: Path | None) -> Verification:
-    """One task's verdict; only a successful comparison with a split manifest counts as verified."""
+    """One task's verdict. ``verified``: recomputed from its data and equal to its split manifest; ``consistent``:
+    no data given, the split manifest agrees with itself and the task; ``unfrozen``: no split manifest (with data:
+    loaded and split fine); ``no-data``: frozen, but its data is not at --data-dir."""
     try:
         task = load_task(name)
         path = split_manifest_path(task)
         if not path.exists():
-            return Verification(task.name, "unfrozen", (
-                f"no split manifest {path}: its splits cannot be proven identical. A maintainer with the data runs "
-                f"`kdbench tasks freeze {task.name} --data-dir DIR` and commits the file."))
-        splits = make_splits(task, data_dir=data_dir)
-        problems = compare_splits(task, splits, read_split_manifest(path), path)
+            return _unfrozen(task, path, data_dir)
+        recorded = read_split_manifest(path)
+        inconsistent = check_split_manifest(task, recorded, path)
+        if inconsistent:
+            return Verification(task.name, "error", " ".join(inconsistent))
+        if data_dir is None and task.source_kind != "generator":
+            return Verification(task.name, "consistent", f"{path}: self-consistent ({_count(recorded)} examples); "
+                                "data not checked (pass --data-dir to recompute the splits from it).")
+        splits = make_splits(task, data_dir=data_dir, check_pin=False)
+        problems = compare_splits(task, splits, recorded, path)
+        note = pinned_file_mismatch(task, splits)
     except MissingDataError as exc:
         return Verification(name, "no-data", str(exc))
     except KdbenchError as exc:
         return Verification(name, "error", str(exc))
-    if problems:
-        return Verification(task.name, "mismatch", " ".join(problems))
+    if problems or note:
+        return Verification(task.name, "mismatch", " ".join([*problems, *([note] if note else [])]))
+    return Verification(task.name, "verified", f"{path} ({_count(recorded)} examples from {splits.location})")
+
+
+def _unfrozen(task: Task, path: Path, data_dir: Path | None) -> Verification:
+    """An unfrozen task: said so, and with data, its data loaded and split (errors reported as errors)."""
+    missing = (f"no split manifest {path}: its splits cannot be proven identical. A maintainer with the data runs "
+               f"`kdbench tasks freeze {task.name} --data-dir DIR` and commits the file.")
+    if data_dir is None:
+        return Verification(task.name, "unfrozen", missing + " Data not checked (no --data-dir).")
+    try:
+        splits = make_splits(task, data_dir=data_dir, check_pin=False)
+    except MissingDataError as exc:
+        return Verification(task.name, "unfrozen", f"{missing} Its data is not available: {exc}")
+    except KdbenchError as exc:
+        return Verification(task.name, "error", f"{missing} Its data could not be split: {exc}")
     note = pinned_file_mismatch(task, splits)
-    return Verification(task.name, "verified", f"{path} ({sum(len(r) for r in splits.roles.values())} examples"
-                        + (f"; note: {note}" if note else "") + ")")
+    sizes = ", ".join(f"{role} {len(ex)}" for role, ex in splits.roles.items())
+    return Verification(task.name, "unfrozen", f"{missing} Data loaded and split ({sizes} from {splits.location})"
+                        + (f"; note: {note}" if note else "") + ".")
 
 
-def _failed(results: Iterable[Verification], skip_unavailable: bool) -> bool:
-    allowed = {"verified", "unfrozen", "no-data"} if skip_unavailable else {"verified"}
+def _count(recorded: dict[str, Any]) -> int:
+    return sum(len(info.get("ids", [])) for info in recorded["roles"].values())
+
+
+def _failed(results: Iterable[Verification], strict: bool, skip_unavailable: bool) -> bool:
+    allowed = {"verified", "consistent"} | ({"no-data"} if skip_unavailable else set())
+    if not strict:
+        allowed.add("unfrozen")
     return any(result.status not in allowed for result in results)
 
 
@@ -289,7 +324,7 @@ def _failed(results: Iterable[Verification], skip_unavailable: bool) -> bool:
 def freeze(name: str, data_dir: Path | None, out: Path | None, force: bool) -> None:
     """Write a task's split manifest (for maintainers, with the task's data at hand)."""
     task = load_task(name)
-    splits = make_splits(task, data_dir=data_dir)
+    splits = make_splits(task, data_dir=data_dir, check_pin=False)
     note = pinned_file_mismatch(task, splits)
     if note and not force:
         raise KdbenchError(f"{note} Refusing to freeze from it; pass --force if this is intended.")

@@ -238,7 +238,11 @@ def save_model(model: PreTrainedModel, tokenizer: Any, directory: Path) -> None:
 
 
 def max_positions(model: PreTrainedModel) -> int:
-    config = model.config
+    return config_positions(model.config)
+
+
+def config_positions(config: Any) -> int:
+    """The most positions (tokens) a model with this transformers config takes."""
     for attr in ("n_positions", "max_position_embeddings"):
         value = getattr(config, attr, None)
         if isinstance(value, int):

@@ -52,10 +52,11 @@ def generations(
 
     def build(tmp: Path) -> None:
         prompts = [e.prompt_ids for e in ctx.encode(samples)]
+        prompt, total = ctx.lengths  # prompts are within ``prompt``: no continuation runs past ``total``
         out = generate(
-            ctx.model(trained), prompts, max_new_tokens=max_new_tokens, pad_id=ctx.tokenizer.pad_token_id,
-            eos_id=ctx.tokenizer.eos_token_id, device=ctx.device, reporter=ctx.reporter,
-            label=f"generating {trained.label}",
+            ctx.model(trained), prompts, max_new_tokens=min(max_new_tokens, total - prompt),
+            pad_id=ctx.tokenizer.pad_token_id, eos_id=ctx.tokenizer.eos_token_id, device=ctx.device,
+            reporter=ctx.reporter, label=f"generating {trained.label}",
         )
         (tmp / "generations.json").write_text(json.dumps(out))
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.types import Encoded, TrainConfig, TrainedModel
 from kdbench.models import hub as models
 from kdbench.models.lora import merged, with_lora
+from kdbench.run.plan import effective_lengths, model_positions
 from kdbench.tasks.manifest import Task
 from kdbench.tasks.splits import Splits
 from kdbench.training.loop import LoopSettings, encode, sft_loss, train_loop
@@ -62,9 +64,17 @@ class RunContext:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
     # --- data -------------------------------------------------------------------------------------------------
-    def encode(self, examples: Sequence[Example]) -> list[Encoded]:
-        m = self.task.models
-        return encode(examples, self.tokenizer, self.task.template, m.max_prompt_tokens, m.max_total_tokens)
+    @cached_property
+    def lengths(self) -> tuple[int, int]:
+        """(prompt, total) token caps: the task's, capped to what the teacher and student take (cache keys keep the
+        task's values: the caps follow from them and the models, which the keys name)."""
+        return effective_lengths(self.task, model_positions((self.teacher_ref, self.student_ref),
+                                                            self.trust_remote_code))
+
+    def encode(self, examples: Sequence[Example], tokenizer: Any = None) -> list[Encoded]:
+        """Examples as prompt and response tokens within :attr:`lengths` (the run's tokenizer unless given)."""
+        prompt, total = self.lengths
+        return encode(examples, tokenizer or self.tokenizer, self.task.template, prompt, total)
 
     def dtype(self, ref: str) -> torch.dtype | None:
         """bf16 for pretrained models on a CUDA device that supports it; the checkpoint's own dtype otherwise."""

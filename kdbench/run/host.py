@@ -18,7 +18,6 @@ from kdbench.scoring.context import ScoringContext, ScoringHost, ShadowRecipe, e
 from kdbench.scoring.inputs import AttackInputs
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats
-from kdbench.training.loop import encode
 
 
 class RunHost(ScoringHost):
@@ -32,10 +31,7 @@ class RunHost(ScoringHost):
         return self.ctx.tokenizer
 
     def encode(self, examples: Sequence[Example], tokenizer: Any = None) -> list[Encoded]:
-        if tokenizer is None:
-            return self.ctx.encode(examples)
-        m = self.ctx.task.models
-        return encode(examples, tokenizer, self.ctx.task.template, m.max_prompt_tokens, m.max_total_tokens)
+        return self.ctx.encode(examples, tokenizer)
 
     def full_text(self, example: Example) -> str:
         return self.ctx.task.template.prompt(example) + example.response

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from kdbench.core.errors import KdbenchError, PluginError
 from kdbench.core.params import PluginSpec, build_params
 from kdbench.core.registry import Registry, Resolved
 from kdbench.defense.stack import DefenseStack
-from kdbench.models.hub import model_config
+from kdbench.models import hub as models
+from kdbench.tasks.manifest import Task
 
 
 def expand(registry: Registry, kind: str, specs: Sequence[PluginSpec]) -> list[PluginSpec]:
@@ -63,11 +65,55 @@ def check_defenses(
         for ref in sorted(students):
             if ref not in configs:
                 try:
-                    configs[ref] = model_config(ref, trust_remote_code)
+                    configs[ref] = models.model_config(ref, trust_remote_code)
                 except KdbenchError:
                     configs[ref] = None
             for spec in distillers:
                 defenses.check(configs[ref], spec.name)
+
+
+def model_positions(refs: Sequence[str], trust_remote_code: bool = False) -> int | None:
+    """The fewest positions any of ``refs`` takes, for the embedded models and local model directories (read
+    without network); None when none of them can be read here (their limits apply when they sample)."""
+    limits = []
+    for ref in refs:
+        if models.is_builtin(ref) or Path(ref).is_dir():
+            try:
+                limits.append(models.config_positions(models.model_config(ref, trust_remote_code)))
+            except KdbenchError:
+                continue
+    return min(limits) if limits else None
+
+
+def effective_lengths(task: Task, positions: int | None) -> tuple[int, int]:
+    """(prompt, total) token caps for ``task`` on models of ``positions`` positions: the manifest's, or, when its
+    ``max_total_tokens`` exceeds them (``dolly.yaml``'s 512 with the embedded models' 256), sequences capped at
+    the positions, the prompt at half of them or less (room for the longest generation if that leaves more)."""
+    prompt, total = task.models.max_prompt_tokens, task.models.max_total_tokens
+    if positions is None or total <= positions:
+        return prompt, total
+    longest = max(task.evaluation.max_new_tokens, task.evaluation.memorization_new_tokens)
+    return min(prompt, max(positions // 2, positions - longest)), positions
+
+
+def length_caps(
+    tasks: Sequence[Task], pairs: Sequence[tuple[str | None, str | None]], trust_remote_code: bool
+) -> list[str]:
+    """One line per task and model pair whose sequences will be capped (said once, before any work)."""
+    lines = []
+    for task in tasks:
+        for teacher, student in pairs:
+            refs = (teacher or task.models.teacher, student or task.models.student)
+            positions = model_positions(refs, trust_remote_code)
+            prompt, total = effective_lengths(task, positions)
+            if total < task.models.max_total_tokens:
+                lines.append(
+                    f"{task.path}: key 'models.max_total_tokens' is {task.models.max_total_tokens}, but "
+                    f"{' / '.join(refs)} take at most {positions} positions: sequences are capped at {total} tokens "
+                    f"(prompts at {prompt}). Set models.max_total_tokens to at most {positions} in a manifest that "
+                    f"includes {task.path.name} to choose the caps yourself."
+                )
+    return lines
 
 
 def defense_stacks(registry: Registry, stacks: Sequence[Sequence[PluginSpec]]) -> list[tuple[PluginSpec, ...]]:

@@ -32,7 +32,7 @@ from kdbench.run.context import RunContext
 from kdbench.run.executors.local import Executor, local_executor
 from kdbench.run.executors.ray import ray_executor
 from kdbench.run.grid import Cell, Grid, check_seeds
-from kdbench.run.plan import check_defenses, defense_stacks, expand, resolve
+from kdbench.run.plan import check_defenses, defense_stacks, expand, length_caps, resolve
 from kdbench.run.state import RunState
 from kdbench.tasks.manifest import Task, TaskError, load_task
 from kdbench.tasks.sources import check_generator
@@ -178,6 +178,8 @@ class Runner:
         tasks = [_distillable(load_task(name)) for name in config.tasks]
         for task in tasks:
             check_generator(task)
+        for line in length_caps(tasks, config.models, config.trust_remote_code):
+            self.reporter.log(line, level="warning")
         students = {m[1] or task.models.student for task in tasks for m in config.models}
         for ref in students | {m[0] or task.models.teacher for task in tasks for m in config.models}:
             if not ref.startswith(PATH_FORMS):  # a missing directory fails its group (tests/test_grid.py)

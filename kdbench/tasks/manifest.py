@@ -61,6 +61,14 @@ SCHEMA: dict[str, Field] = {
         "file": Field((str,)),
         "format": Field((str,), choices=("jsonl", "json", "csv")),
         "sha256": Field((str,)),
+        "rows": Field((int,), minimum=0),
+        "origin": Field((dict,), children={
+            "repo": Field((str,), required=True),
+            "revision": Field((str,), required=True),
+            "path": Field((str,)),
+            "url": Field((str,)),
+            "license": Field((str,)),
+        }),
         "id_prefix": Field((str,)),
     }),
     "fields": Field((dict,), children={
@@ -222,7 +230,18 @@ def _load_document(path: Path, stack: tuple[Path, ...], included: list[Path]) ->
             raise TaskError(f"{path}: key 'include': no such file {name!r} (looked for {target}).")
         included.append(target)
         merged = _deep_merge(merged, _load_document(target, (*stack, target), included))
-    return _deep_merge(merged, data)
+    return _deep_merge(_without_stale_origin(merged, data), data)
+
+
+def _without_stale_origin(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``source.origin`` says where the pinned file comes from; a manifest that pins another file (its own
+    ``source.sha256``) without its own origin does not inherit one that describes a different file."""
+    source, pinned = base.get("source"), override.get("source")
+    if not isinstance(source, dict) or not isinstance(pinned, dict) or "origin" not in source:
+        return base
+    if "sha256" in pinned and "origin" not in pinned and pinned["sha256"] != source.get("sha256"):
+        return {**base, "source": {k: v for k, v in source.items() if k != "origin"}}
+    return base
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -262,7 +281,7 @@ def _check_source(data: dict[str, Any], path: Path) -> None:
             f"(found {', '.join(kinds) or 'none'})."
         )
     if kinds[0] == "generator":
-        for key in ("format", "sha256", "id_prefix"):
+        for key in ("format", "sha256", "rows", "origin", "id_prefix"):
             if key in source:
                 raise TaskError(f"{path}: key 'source.{key}' applies to hub and file sources, not generators.")
         if "fields" in data:

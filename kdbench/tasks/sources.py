@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
+import io
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -38,6 +39,10 @@ class MissingDataError(TaskError):
     """A hub task's data is neither in the data directory nor loadable from the hub: nothing to check it against."""
 
 
+class PinMismatchError(TaskError):
+    """The data file read is not the one the manifest pins (``source.sha256`` / ``source.rows``)."""
+
+
 @dataclass(frozen=True)
 class Loaded:
     """A source's examples in source order, and a record of what was read (kept in split manifests)."""
@@ -47,8 +52,10 @@ class Loaded:
     location: str = ""  # the file or hub dataset, for messages; machine-specific, so not in ``origin``
 
 
-def load(task: Task, data_dir: Path | None = None) -> Loaded:
-    """All examples of ``task``'s source, mapped to Dolly's fields."""
+def load(task: Task, data_dir: Path | None = None, check_pin: bool = True) -> Loaded:
+    """All examples of ``task``'s source, mapped to Dolly's fields. With ``check_pin`` a data file that is not
+    the one the manifest pins (sha256, row count) is refused (:class:`PinMismatchError`) before anything is split;
+    without it (``tasks show``/``verify``, which report it) the file's own hash and row count are recorded."""
     if "generator" in task.source:
         return _generated(task)
     directory = resolve_data_dir(data_dir)
@@ -56,6 +63,19 @@ def load(task: Task, data_dir: Path | None = None) -> Loaded:
         rows, origin, location = _hub_rows(task, directory)
     else:
         rows, origin, location = _file_rows(task, directory)
+    origin["rows"] = len(rows)
+    mismatch = pin_mismatch(task, origin, location)
+    if mismatch is None:
+        origin.update(_provenance(task))
+    else:
+        if "file" in origin:  # a local file: record what was read, never the origin the manifest claims for another
+            origin = {"kind": "file", **{k: v for k, v in origin.items() if k in ("file", "sha256", "rows")}}
+        if check_pin:
+            raise PinMismatchError(mismatch)
+    if not rows:
+        raise TaskError(f"{location}: the data file holds no rows; expected one JSON object per line with the "
+                        f"columns {', '.join(sorted(set({**DEFAULT_FIELDS, **task.fields}.values())))}. "
+                        + _fix(task))
     prefix = task.source.get("id_prefix", f"{task.name}-")
     mapping = {**DEFAULT_FIELDS, **task.fields}
     examples = [_to_example(row, index, mapping, prefix, task, location) for index, row in enumerate(rows)]
@@ -63,11 +83,74 @@ def load(task: Task, data_dir: Path | None = None) -> Loaded:
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path | None:
-    """The explicit data directory, else ``$KDBENCH_DATA_DIR``, else none (hub tasks then go online)."""
-    if data_dir is not None:
-        return Path(data_dir)
-    from_env = os.environ.get(DATA_DIR_ENV)
-    return Path(from_env) if from_env else None
+    """The explicit data directory, else ``$KDBENCH_DATA_DIR``, else none (hub tasks then go online); one that
+    does not exist is an error here, not a "missing file" later."""
+    origin = "--data-dir"
+    if data_dir is None:
+        from_env = os.environ.get(DATA_DIR_ENV)
+        if not from_env:
+            return None
+        data_dir, origin = Path(from_env), f"${DATA_DIR_ENV}"
+    path = Path(data_dir)
+    if not path.exists():
+        raise MissingDataError(
+            f"{origin} {path}: no such directory or file. Pass the directory that holds the task data files (e.g. "
+            "--data-dir ../shared/data from the project root), or the data file itself."
+        )
+    return path
+
+
+# --- pins: what the data is (sha256, rows) and where it comes from ------------------------------------------------
+def pin_mismatch(task: Task, origin: Mapping[str, Any], location: str) -> str | None:
+    """Why the file read is not the one ``source.sha256``/``source.rows`` pin (naming both files), or None."""
+    pinned_sha, pinned_rows = task.source.get("sha256"), task.source.get("rows")
+    sha, rows = origin.get("sha256"), origin.get("rows")
+    if (not pinned_sha or sha in (None, pinned_sha)) and (pinned_rows is None or rows in (None, pinned_rows)):
+        return None
+    pinned = f"sha256 {pinned_sha or '(not pinned)'}" + (f", {pinned_rows:,} rows" if pinned_rows is not None else "")
+    where = describe_origin(task)
+    what = (
+        "it is empty" if rows == 0
+        else f"it is short: {rows:,} of {pinned_rows:,} rows (a truncated copy, or another version)"
+        if pinned_rows is not None and rows is not None and rows < pinned_rows
+        else "it is another version or copy of the data"
+    )
+    return (
+        f"{location} (sha256 {sha}, {rows:,} rows) is not the file that {task.path.name} pins in 'source.sha256'/"
+        f"'source.rows' ({pinned}{f', {where}' if where else ''}): {what}, so its splits would not be the frozen "
+        f"ones. {_fix(task)} To use your file instead, write your own manifest (`include: {task.path.name}`, a new "
+        f"`name`, and `source: {{sha256: {sha}, rows: {rows}}}`) and freeze its splits with "
+        "`kdbench tasks freeze YOUR.yaml --data-dir DIR`; its results are a different task."
+    )
+
+
+def describe_origin(task: Task) -> str:
+    """Where the pinned file comes from, in words: ``source.origin`` (repository@revision path), else the hub."""
+    origin = task.source.get("origin")
+    if origin:
+        return f"{origin['repo']}@{origin['revision'][:12]} {origin.get('path', '')}".rstrip()
+    if "hub" in task.source:
+        hub = task.source["hub"]
+        return f"hub {hub['id']}@{hub['revision'][:12]} {hub['data_files']}"
+    return ""
+
+
+def _provenance(task: Task) -> dict[str, Any]:
+    """What a split manifest records about where a verified file comes from (only when it is the pinned file)."""
+    origin = task.source.get("origin")
+    return {"origin": dict(origin)} if origin else {}
+
+
+def _fix(task: Task) -> str:
+    """How to get the pinned file (``source.origin``'s url, else the hub download)."""
+    origin = task.source.get("origin", {})
+    if origin.get("url"):
+        return f"Get the pinned file from {origin['url']}."
+    if "hub" in task.source:
+        hub = task.source["hub"]
+        return (f"Get it with `hf download {hub['id']} {hub['data_files']} --repo-type dataset --revision "
+                f"{hub['revision']}`.")
+    return ""
 
 
 def file_sha256(path: Path) -> str:
@@ -125,10 +208,13 @@ def _file_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, 
     candidates = _file_candidates(Path(name), task.path.parent, data_dir)
     for candidate in candidates:
         if candidate.is_file():
-            origin = {"kind": "file", "file": name, "sha256": file_sha256(candidate)}
-            return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+            rows, sha = read_file(candidate, task.source.get("format"))
+            return rows, {"kind": "file", "file": candidate.name, "sha256": sha}, str(candidate)
     looked = ", ".join(str(c) for c in candidates)
-    raise MissingDataError(f"{task.path}: key 'source.file': {name!r} not found (looked for {looked}).")
+    raise MissingDataError(
+        f"{task.path}: key 'source.file': {name!r} not found (looked for {looked}). Put the file there or pass "
+        f"--data-dir DIR with DIR/{name}. {_fix(task)}".rstrip()
+    )
 
 
 def _file_candidates(name: Path, manifest_dir: Path, data_dir: Path | None) -> list[Path]:
@@ -141,16 +227,36 @@ def _file_candidates(name: Path, manifest_dir: Path, data_dir: Path | None) -> l
 
 def read_rows(path: Path, fmt: str | None = None) -> list[Any]:
     """The rows of a JSONL, JSON (a list of objects) or CSV file, in file order."""
+    return read_file(path, fmt)[0]
+
+
+_PARSED: dict[tuple[str, str], list[Any]] = {}  # (sha256, format) -> rows: by content, so never stale
+_PARSED_MAX = 4
+
+
+def read_file(path: Path, fmt: str | None = None) -> tuple[list[Any], str]:
+    """The rows of a data file and its sha256, from one read. Parsed rows are memoised by content hash, so the
+    dolly tasks that share one 13 MB file (``tasks verify``) parse it once per process; callers must not mutate
+    them."""
     kind = fmt or FORMATS.get(path.suffix.lower())
     if kind is None:
         raise TaskError(f"{path}: unknown data format; use one of {', '.join(FORMATS)} or set 'source.format'.")
     try:
-        if kind == "csv":  # newline="" keeps line breaks inside quoted cells
-            with path.open(encoding="utf-8-sig", newline="") as handle:
-                return list(csv.DictReader(handle))
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if (sha, kind) in _PARSED:
+            return list(_PARSED[(sha, kind)]), sha
+        text = data.decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline=""))) if kind == "csv" else _parse_json(path, text, kind)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[(sha, kind)] = rows
+    return list(rows), sha
+
+
+def _parse_json(path: Path, text: str, kind: str) -> list[Any]:
     if kind == "json":
         rows = _json(path, text, 0)
         if not isinstance(rows, list):
@@ -164,8 +270,12 @@ def _json(path: Path, text: str, line: int) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        where = f"line {line}" if line else f"line {exc.lineno}"
-        raise TaskError(f"{path}: {where} is not valid JSON ({exc.msg}).") from None
+        where, expected = (f"line {line}", "one JSON object per line (JSON lines)") if line else (
+            f"line {exc.lineno}", "a JSON list of objects")
+        raise TaskError(
+            f"{path}: {where} is not valid JSON ({exc.msg}); expected {expected}. The file is damaged or not this "
+            "task's data: get a fresh copy."
+        ) from None
 
 
 # --- Hugging Face hub ---------------------------------------------------------------------------------------------
@@ -177,8 +287,9 @@ def _hub_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, A
     if data_dir is not None:
         for candidate in hub_candidates(task, data_dir):
             if candidate.is_file():
-                origin["sha256"] = file_sha256(candidate)
-                return read_rows(candidate, task.source.get("format")), origin, str(candidate)
+                origin["file"] = candidate.name if data_dir.is_file() else str(candidate.relative_to(data_dir))
+                rows, origin["sha256"] = read_file(candidate, task.source.get("format"))
+                return rows, origin, str(candidate)
         raise MissingDataError(missing_data_message(task, data_dir))
     try:
         import datasets  # the optional kdbench[hub] extra
@@ -269,9 +380,9 @@ def _text(value: Any) -> str:
 
 
 # --- data and splits ----------------------------------------------------------------------------------------------
-def load_source(task: Task, data_dir: Path | None = None) -> Loaded:
+def load_source(task: Task, data_dir: Path | None = None, check_pin: bool = True) -> Loaded:
     """The task's examples with a record of what was read (``data_dir``: local copies of hub datasets, offline)."""
-    return load(task, data_dir)
+    return load(task, data_dir, check_pin)
 
 
 def load_examples(task: Task, data_dir: Path | None = None) -> list[Example]:

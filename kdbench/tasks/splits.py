@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from kdbench.core.data import (
 )
 from kdbench.core.errors import TaskError
 from kdbench.tasks.manifest import ROLES, SPLIT_MANIFEST_FORMAT, Task
-from kdbench.tasks.sources import load_source
+from kdbench.tasks.sources import load_source, pin_mismatch
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,18 @@ def dedupe(examples: Sequence[Example]) -> tuple[list[Example], list[int]]:
     return kept, rows
 
 
-def make_splits(task: Task, examples: Sequence[Example] | None = None, data_dir: Path | None = None) -> Splits:
-    """Assign examples to roles by the task's protocol; roles come out disjoint by content and never empty."""
+def make_splits(
+    task: Task, examples: Sequence[Example] | None = None, data_dir: Path | None = None, check_pin: bool = True
+) -> Splits:
+    """Assign examples to roles by the task's protocol; roles come out disjoint by content and never empty.
+    ``check_pin=False`` splits a data file other than the pinned one (for ``show``/``verify`` to report on)."""
     origin: dict[str, Any] = {}
     location = ""
     if examples is None:
-        loaded = load_source(task, data_dir)
+        loaded = load_source(task, data_dir, check_pin)
         examples, origin, location = loaded.examples, loaded.origin, loaded.location
     kept, rows = dedupe(examples)
-    indices = _PROTOCOLS[task.protocol](task, kept, rows)
+    indices = _PROTOCOLS[task.protocol](task, kept, rows, _Source(len(examples), location or str(task.path)))
     if task.categories:
         indices = {role: [i for i in idx if kept[i].category in task.categories] for role, idx in indices.items()}
     if task.protocol != "shuffle":
@@ -80,7 +84,16 @@ def make_splits(task: Task, examples: Sequence[Example] | None = None, data_dir:
     return Splits(roles, len(examples) - len(kept), origin, location)
 
 
-def _shuffle(task: Task, examples: list[Example], rows: list[int]) -> dict[str, list[int]]:
+@dataclass(frozen=True)
+class _Source:
+    """What a protocol needs to know of the file besides the kept examples: its row count (before duplicates are
+    dropped, so that row boundaries are file positions) and its name, for messages."""
+
+    rows: int
+    location: str
+
+
+def _shuffle(task: Task, examples: list[Example], rows: list[int], source: _Source) -> dict[str, list[int]]:
     """Shuffled with the task seed, then cut into the four sizes in role order."""
     needed = sum(task.sizes[role] for role in ROLES)
     if len(examples) < needed:
@@ -98,33 +111,43 @@ def _shuffle(task: Task, examples: list[Example], rows: list[int]) -> dict[str, 
     return out
 
 
-def _dolly_z(task: Task, examples: list[Example], rows: list[int]) -> dict[str, list[int]]:
-    """[Z]: source rows before ``holdout_rows`` are non-members (``eval_rows`` of them, drawn with the seed, are
-    the eval set); the rest is halved in order, the first half private, the second public."""
+def _dolly_z(task: Task, examples: list[Example], rows: list[int], source: _Source) -> dict[str, list[int]]:
+    """[Z]: file rows before ``holdout_rows`` are non-members (``eval_rows`` of them, drawn with the seed, are the
+    eval set); the rows after them are halved **by file position**, the first half private, the second public.
+
+    [Z]'s ``tools/process_data_dolly.py`` cuts ``raw.jsonl`` at line ``dev_num`` (4,000) and its ``finetune.py``
+    takes ``int(n / 2)`` of the remaining lines as private, without dropping any duplicate. So the boundary is
+    ``holdout_rows + (file rows - holdout_rows) // 2``, fixed before duplicates are dropped: a repeat removes one
+    example from a role but never moves the cut."""
     assert task.holdout_rows is not None and task.eval_rows is not None
+    if source.rows <= task.holdout_rows:
+        raise TaskError(
+            f"{source.location}: {source.rows:,} rows, but task {task.name!r} ({task.path.name}, key "
+            f"'splits.holdout_rows') holds out the first {task.holdout_rows:,} and needs rows after them for the "
+            "private and public halves: the file is short (a truncated copy?) or not this task's data."
+        )
+    boundary = task.holdout_rows + (source.rows - task.holdout_rows) // 2
     pool = [i for i, row in enumerate(rows) if row < task.holdout_rows]
-    rest = [i for i, row in enumerate(rows) if row >= task.holdout_rows]
     if len(pool) <= task.eval_rows:
         raise TaskError(
-            f"{task.path}: key 'splits.eval_rows' is {task.eval_rows}, but the first {task.holdout_rows} rows hold "
-            f"only {len(pool)} distinct examples; eval and holdout both need some."
+            f"{task.path}: key 'splits.eval_rows' is {task.eval_rows}, but the first {task.holdout_rows} rows of "
+            f"{source.location} hold only {len(pool)} distinct examples; eval and holdout both need some."
         )
     drawn = set(random.Random(task.seed).sample(pool, task.eval_rows))
-    half = len(rest) // 2
     return {
-        "private": rest[:half],
-        "public": rest[half:],
+        "private": [i for i, row in enumerate(rows) if task.holdout_rows <= row < boundary],
+        "public": [i for i, row in enumerate(rows) if row >= boundary],
         "holdout": [i for i in pool if i not in drawn],
         "eval": [i for i in pool if i in drawn],
     }
 
 
-def _ranges(task: Task, examples: list[Example], rows: list[int]) -> dict[str, list[int]]:
+def _ranges(task: Task, examples: list[Example], rows: list[int], source: _Source) -> dict[str, list[int]]:
     """Fixed source-row ranges per role, as the manifest gives them."""
     return {role: [i for i, row in enumerate(rows) if start <= row < end] for role, (start, end) in task.ranges.items()}
 
 
-def _eval_only(task: Task, examples: list[Example], rows: list[int]) -> dict[str, list[int]]:
+def _eval_only(task: Task, examples: list[Example], rows: list[int], source: _Source) -> dict[str, list[int]]:
     return {"eval": list(range(len(examples)))}
 
 
@@ -169,14 +192,8 @@ def _check_disjoint(task: Task, roles: dict[str, list[Example]]) -> None:
 
 
 def pinned_file_mismatch(task: Task, splits: Splits) -> str | None:
-    """Why the data file read is not the one the manifest pins (``source.sha256``), or None if it is (or unknown)."""
-    pinned, read = task.source.get("sha256"), splits.origin.get("sha256")
-    if not pinned or not read or pinned == read:
-        return None
-    return (
-        f"{splits.location}: sha256 {read[:12]}… is not the file that key 'source.sha256' of {task.path.name} pins "
-        f"({pinned[:12]}…); this is a different copy or version of the data."
-    )
+    """Why the data file read is not the one the manifest pins (``source.sha256``/``source.rows``), or None."""
+    return pin_mismatch(task, splits.origin, splits.location or str(task.path)) if splits.location else None
 
 
 # --- split manifests ----------------------------------------------------------------------------------------------
@@ -216,11 +233,50 @@ def compare_splits(task: Task, splits: Splits, recorded: dict[str, Any], path: P
         if digest != frozen.get("sha256"):
             problems.append(f"{path}: role {role!r} computed from {read} does not match the split manifest "
                             f"({_difference(computed, frozen, digest)}).")
-    recorded_sha = recorded.get("source", {}).get("sha256")
-    computed_sha = splits.origin.get("sha256")
+    recorded_source = recorded.get("source", {})
+    recorded_sha, computed_sha = recorded_source.get("sha256"), splits.origin.get("sha256")
     if problems and recorded_sha and computed_sha and recorded_sha != computed_sha:
-        problems.append(f"{read}: this data file (sha256 {computed_sha[:12]}…) is not the one the split manifest "
-                        f"was frozen from (sha256 {recorded_sha[:12]}…).")
+        problems.append(
+            f"{read}: this data file (sha256 {computed_sha}, {splits.origin.get('rows', '?')} rows) is not the one "
+            f"the split manifest was frozen from (sha256 {recorded_sha}, {recorded_source.get('rows', '?')} rows)."
+        )
+    return problems
+
+
+def check_split_manifest(task: Task, recorded: dict[str, Any], path: Path) -> list[str]:
+    """Every inconsistency of a split manifest with itself and its task, without data: what a fresh checkout can
+    prove (format, task, version, protocol, seed, roles and sizes, ids unique and disjoint, the pinned file)."""
+    problems: list[str] = []
+    expected = {"format": SPLIT_MANIFEST_FORMAT, "task": task.name, "version": task.version,
+                "protocol": task.protocol, "seed": task.seed}
+    for key, value in expected.items():
+        if recorded.get(key) != value:
+            problems.append(f"{path}: key {key!r} is {recorded.get(key)!r}, but {task.path.name} says {value!r}.")
+    roles = recorded["roles"]
+    if set(roles) != set(task.roles):
+        problems.append(f"{path}: roles {sorted(roles)}, but a {task.protocol} task has {sorted(task.roles)}.")
+    owner: dict[str, str] = {}
+    for role, info in roles.items():
+        ids = info.get("ids", []) if isinstance(info, dict) else []
+        if not isinstance(info, dict) or not ids or info.get("n") != len(ids):
+            problems.append(f"{path}: role {role!r} must list its ids, as many as its 'n' (a non-empty role).")
+        if role in task.sizes and len(ids) != task.sizes[role]:
+            problems.append(f"{path}: role {role!r} has {len(ids)} ids, but 'splits.sizes.{role}' is "
+                            f"{task.sizes[role]}.")
+        if not isinstance(info, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(info.get("sha256", ""))):
+            problems.append(f"{path}: role {role!r} has no sha256 content hash.")
+        if len(set(ids)) != len(ids):
+            problems.append(f"{path}: role {role!r} lists an id twice.")
+        for example_id in ids:
+            if owner.setdefault(example_id, role) != role:
+                problems.append(f"{path}: id {example_id!r} is in roles {owner[example_id]!r} and {role!r}.")
+                break
+    source = recorded.get("source", {})
+    for key in ("sha256", "rows"):
+        pinned = task.source.get(key)
+        if pinned is not None and source.get(key) != pinned:
+            problems.append(f"{path}: frozen from a file with {key} {source.get(key)}, but {task.path.name} pins "
+                            f"'source.{key}' {pinned}; re-freeze from the pinned file.")
     return problems
 
 
