@@ -26,16 +26,17 @@ A = 0.5
 
 
 def paper_rmia(online: bool, a: float, gamma: float) -> list[float]:
-    """The paper's test written out pair by pair: Pr(t) the references' mean (offline: OUT references only, with
-    ½((1 + a)·Pr_OUT + (1 − a)); z has OUT references only), LR = (Pr(x|θ)/Pr(x)) / (Pr(z|θ)/Pr(z)) ≥ γ."""
+    """The paper's test written out pair by pair: Pr(t) the references' mean (z has OUT references only);
+    offline only OUT references, with ½((1 + a)·Pr_OUT + (1 − a)); LR = (Pr(x|θ)/Pr(x)) / (Pr(z|θ)/Pr(z)) ≥ γ."""
     def pr_out(values: list[float]) -> float:
-        return 0.5 * ((1 + a) * sum(values) / len(values) + (1 - a))
+        mean = sum(values) / len(values)
+        return mean if online else 0.5 * ((1 + a) * mean + (1 - a))
 
     scores = []
     for i, px in enumerate(TARGET_X):
         refs = [REFS_X[r][i] for r in range(2)]
         outs = [REFS_X[r][i] for r in range(2) if not IN_MASK[r][i]]
-        pr_x = sum(refs) / len(refs) if online else pr_out(outs)
+        pr_x = sum(refs) / len(refs) if online else pr_out(outs)  # online: IN and OUT references
         wins = 0
         for j, pz in enumerate(TARGET_Z):
             pr_z = pr_out([REFS_Z[r][j] for r in range(2)])
@@ -50,11 +51,12 @@ def scores(online: bool, a: float, gamma: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("online", "gamma", "by_hand"), [
-    # online: Pr(x0) = (0.6+0.4)/2 = 0.5, ratio 1.6; Pr(x1) = 0.35, ratio 6/7. Pr(z) = ½(1.5·mean + 0.5) =
-    # 0.55, 0.4, 0.7: ratios 10/11, 0.5, 9/7. LR(x0, ·) = 1.76, 3.2, 1.24; LR(x1, ·) = 0.94, 1.71, 0.67.
-    (True, 1.0, [1.0, 1 / 3]),
-    (True, 1.5, [2 / 3, 1 / 3]),
+    # online: Pr(x0) = (0.6+0.4)/2 = 0.5, ratio 1.6; Pr(x1) = 0.35, ratio 6/7. Pr(z) = 0.4, 0.2, 0.6: ratios
+    # 1.25, 1, 1.5. LR(x0, ·) = 1.28, 1.6, 1.07; LR(x1, ·) = 0.69, 0.86, 0.57.
+    (True, 0.8, [1.0, 1 / 3]),
+    (True, 1.5, [1 / 3, 0.0]),
     # offline: Pr(x0) = ½(1.5·0.4 + 0.5) = 0.55, ratio 16/11; Pr(x1) = ½(1.5·0.2 + 0.5) = 0.4, ratio 0.75.
+    # Pr(z) = ½(1.5·mean + 0.5) = 0.55, 0.4, 0.7: ratios 10/11, 0.5, 9/7.
     # LR(x0, ·) = 1.6, 2.91, 1.13; LR(x1, ·) = 0.825, 1.5, 0.583.
     (False, 1.0, [1.0, 1 / 3]),
     (False, 1.2, [2 / 3, 1 / 3]),
