@@ -14,7 +14,7 @@ from kdbench_plugins.attacks.rmia import RMIAParams, rmia_scores
 from kdbench.cli import main
 from kdbench.core.errors import KdbenchError, ParameterError
 from kdbench.results.records import load_records
-from tests.attack_helpers import AttackWorld
+from tests.attack_helpers import MAX_TOKENS, SHADOW, AttackWorld
 
 # Probabilities Pr(t|θ), chosen so that every ratio below is a short hand computation.
 TARGET_X = [0.8, 0.3]  # the target on x0, x1
@@ -123,3 +123,20 @@ def test_rmia_in_a_run_reuses_liras_shadows(small_run_dir: Path, tiny_task: Path
     assert len(values) == 60 and all(0.0 <= v <= 1.0 for v in values)
     # 10 population samples (the tiny task's eval split): every score is a multiple of 1/10
     np.testing.assert_allclose(np.round(np.array(values) * 10), np.array(values) * 10, atol=1e-9)
+
+
+def test_rmia_in_an_audit_with_base_and_reference_text(world: AttackWorld, tmp_path: Path) -> None:
+    """`kdbench audit`: `--base` trains the references (as LiRA's shadows), `--reference-text` is the population; the
+    16 non-members resolve neither low FPR, so both TPR columns are marked."""
+    recipe = ",".join(f"{k}={v}" for k, v in SHADOW.items())
+    args = ["audit", "--model", str(world.memorizer), "--members", str(world.file("members.txt")), "--nonmembers",
+            str(world.file("nonmembers.txt")), "--max-tokens", str(MAX_TOKENS), "--bootstrap", "50",
+            "--attack", f"rmia:n_ref=2,{recipe}", "--base", "builtin:gpt2-micro"]  # two references: the cheapest
+    env = {"KDBENCH_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    missing = CliRunner().invoke(main, args, env=env)
+    assert missing.exit_code != 0 and "--reference-text FILE" in missing.output  # no population: refused up front
+    result = CliRunner().invoke(main, [*args, "--reference-text", str(world.file("reference.txt"))], env=env)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.lstrip("│ ").startswith("rmia"))
+    assert row.count("*") == 2
+    assert "TPR at 0.1% and 1% FPR is the TPR at zero false positives" in " ".join(result.output.split())
