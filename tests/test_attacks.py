@@ -223,7 +223,7 @@ def test_lira_shadows_train_on_complementary_halves(world: AttackWorld) -> None:
 
 ORIENTATION: dict[str, dict[str, Any]] = {
     "loss": {}, "zlib": {}, "mink": {}, "mink++": {}, "lowercase": {}, "neighbourhood": {"n_neighbours": 4},
-    "recall": {}, "dc-pdd": {}, "gradnorm": {}, "mope": {}, "ref": {}, "lira": SHADOW,
+    "recall": {}, "dc-pdd": {}, "gradnorm": {}, "mope": {}, "ref": {}, "lira": SHADOW, "rmia": SHADOW,
 }
 
 

@@ -234,7 +234,7 @@ class AuditHost(ScoringHost):
 
     def shadow(self, target: TrainedModel, data: Sequence[Example], recipe: ShadowRecipe, label: str) -> TrainedModel:
         """``--base`` (or lira:base=...) fine-tuned on ``data`` with [Z]'s teacher recipe unless overridden."""
-        base = model_ref(recipe.base or self._base("lira"), "shadow base")
+        base = model_ref(recipe.base or self._base("lira and rmia (shadow models)"), "shadow base")
         config = recipe.apply(DEFAULT_TRAINING["teacher"])
         encoded = self.encode(data)
         spec = {"stage": "shadow", "base": models.model_identity(base), "tokenizer": target.key,

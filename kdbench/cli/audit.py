@@ -51,6 +51,7 @@ def audit(
     from kdbench.core.errors import OutputError
     from kdbench.core.progress import NullReporter
     from kdbench.core.registry import get_registry
+    from kdbench.evaluation.metrics import resolution_note, resolves
 
     err = Console(stderr=True, highlight=False)
     inputs = {"--members": members, "--nonmembers": nonmembers, "--reference-text": reference_text}
@@ -84,13 +85,16 @@ def audit(
     for column in ("attack", "AUC [95% CI]", "TPR@0.1%", "TPR@1%", "TPR@5%", "bal. acc."):
         table.add_column(column, justify="left" if column == "attack" else "right")
     for label, m in result.attacks.items():
-        table.add_row(escape(label), f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_01pct_fpr:.3f}",
-                      f"{m.tpr_at_1pct_fpr:.3f}", f"{m.tpr_at_5pct_fpr:.3f}", f"{m.balanced_accuracy:.3f}")
+        low = [f"{tpr:.3f}" + ("" if resolves(fpr, m.n_nonmembers) else "*")
+               for fpr, tpr in ((0.001, m.tpr_at_01pct_fpr), (0.01, m.tpr_at_1pct_fpr))]
+        table.add_row(escape(label), f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", *low,
+                      f"{m.tpr_at_5pct_fpr:.3f}", f"{m.balanced_accuracy:.3f}")
     console = Console(highlight=False)
     console.print(table)
     console.print(
         f"{result.n_members} members, {result.n_nonmembers} non-members; FPR resolution 1/{result.n_nonmembers} = "
-        f"{1 / result.n_nonmembers:.4f}. {result.cache_builds} artifacts computed, {result.cache_hits} reused."
+        f"{1 / result.n_nonmembers:.4f}. {result.cache_builds} artifacts computed, {result.cache_hits} reused.\n"
+        + resolution_note(result.n_nonmembers, "more lines in --nonmembers")
     )
 
 

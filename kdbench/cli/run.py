@@ -134,8 +134,14 @@ def build_config(options: dict[str, Any]) -> Any:
 
 
 def results_table(result: Any) -> Table:
-    """Teacher, baseline and each student: ROUGE-L, memorization, and per attack AUC [CI] and TPR@1%FPR."""
-    table = Table(title="kdbench results (AUC: higher = more leakage; 0.5 = chance)", title_justify="left")
+    """Teacher, baseline and each student: ROUGE-L, memorization, and per attack AUC [CI] and TPR@1%FPR (marked *
+    when the non-members cannot resolve 1%); the caption says which FPRs the non-members resolve."""
+    from kdbench.evaluation.metrics import resolution_note, resolves
+
+    counts = sorted({m.n_nonmembers for e in result.evaluations for m in e.attacks.values()})
+    caption = " ".join(resolution_note(n, "the task's evaluation.n_nonmembers") for n in counts)
+    table = Table(title="kdbench results (AUC: higher = more leakage; 0.5 = chance)", title_justify="left",
+                  caption=caption or None, caption_justify="left")
     table.add_column("target")
     table.add_column("ROUGE-L", justify="right")
     table.add_column("memorized\nmem / non", justify="right")
@@ -148,8 +154,11 @@ def results_table(result: Any) -> Table:
                f"{e.memorization['members']:.2f} / {e.memorization['nonmembers']:.2f}"]
         for label in result.attack_labels:
             m = e.attacks.get(label)
-            row += ["[red]failed[/]", "–"] if m is None else [
-                f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_1pct_fpr:.3f}"]
+            if m is None:
+                row += ["[red]failed[/]", "–"]
+                continue
+            mark = "" if resolves(0.01, m.n_nonmembers) else "*"
+            row += [f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_1pct_fpr:.3f}{mark}"]
         table.add_row(*row)
     return table
 

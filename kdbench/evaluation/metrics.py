@@ -166,6 +166,23 @@ def tpr_at_fpr(member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike, fp
     return float(true_pos[allowed].max()) / members.size if allowed.any() else 0.0
 
 
+def resolves(fpr: float, n_nonmembers: int) -> bool:
+    """Whether ``n_nonmembers`` resolve ``fpr``: the smallest non-zero FPR step, 1/n, is at most it. If not, the TPR
+    "at" that FPR is the TPR at zero false positives (0.1% needs 1,000 non-members, 1% needs 100)."""
+    return 1.0 / n_nonmembers <= fpr
+
+
+def resolution_note(n_nonmembers: int, more: str) -> str:
+    """One line for a table: the FPR step the non-members allow, which reported low-FPR TPRs it does not resolve,
+    and (``more``) how to get more non-members."""
+    note = f"{n_nonmembers} non-members resolve FPR in steps of 1/{n_nonmembers} = {100 / n_nonmembers:.3g}%"
+    unresolved = [label for fpr, label in ((0.001, "0.1%"), (0.01, "1%")) if not resolves(fpr, n_nonmembers)]
+    if not unresolved:
+        return note + "."
+    return (f"{note}: TPR at {' and '.join(unresolved)} FPR is the TPR at zero false positives (marked *); "
+            f"1,000 non-members resolve 0.1%, 100 resolve 1% ({more}).")
+
+
 def roc_points(
     member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike, max_points: int = 101
 ) -> dict[str, list[float]]:

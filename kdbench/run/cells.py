@@ -56,11 +56,16 @@ class GroupBase:
 
 
 def attack_samples(task: Task, splits: Splits) -> tuple[list[Example], list[Example]]:
-    """Members from private, as many non-members from holdout, drawn with the task seed (same for every run)."""
+    """Members from private and non-members from holdout (as many, or ``evaluation.n_nonmembers``), drawn with the
+    task seed (same for every run)."""
     rng = random.Random(f"{task.name}:{task.seed}:attack-samples")
     private, holdout = splits.roles["private"], splits.roles["holdout"]
     n = min(task.evaluation.n_attack, len(private), len(holdout))
-    return rng.sample(private, n), rng.sample(holdout, n)
+    wanted = task.evaluation.n_nonmembers
+    if wanted is not None and wanted > len(holdout):
+        raise KdbenchError(f"Task {task.name!r} ({task.path}): evaluation.n_nonmembers is {wanted}, but the holdout "
+                           f"split has {len(holdout)} examples; lower it or enlarge the holdout split.")
+    return rng.sample(private, n), rng.sample(holdout, n if wanted is None else wanted)
 
 
 def make_context(

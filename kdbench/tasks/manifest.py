@@ -89,6 +89,7 @@ SCHEMA: dict[str, Field] = {
     "distill_on": Field((str,), choices=("public", "private")),
     "evaluation": Field((dict,), children={
         "n_attack": Field((int,), minimum=2),
+        "n_nonmembers": Field((int,), minimum=2),
         "n_eval": Field((int,), minimum=1),
         "max_new_tokens": Field((int,), minimum=1),
         "memorization_new_tokens": Field((int,), minimum=1),
@@ -116,6 +117,8 @@ _PROTOCOL_KEYS = {
 @dataclass(frozen=True)
 class Evaluation:
     n_attack: int = 200  # members drawn from private, the same number of non-members from holdout
+    # More non-members than members, for low-FPR TPRs: n non-members resolve FPR in steps of 1/n (0.1% needs 1,000).
+    n_nonmembers: int | None = None  # None: n_attack
     n_eval: int = 100
     max_new_tokens: int = 64
     memorization_new_tokens: int = 64  # METHODS.md §5: greedy, 64 new tokens, compare the first 32
