@@ -149,7 +149,8 @@ def test_paper_table_and_its_markdown() -> None:
         "| task | cell | AUC loss | AUC mink | AUC blind (reference) | ROUGE-L | memorized members"
         " | memorized non-members | seeds |",
         "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| synthetic-pii | teacher | 0.850 ± {math.sqrt(2 * 0.05**2):.3f} | 0.700 ± 0.000 | – | 30.0 | 0.10 | 0.02 | 2 |",
+        f"| synthetic-pii | teacher | 0.850 ± {math.sqrt(2 * 0.05**2):.3f} | 0.700 ± 0.000 | – | 30.0 | 0.10 | 0.02"
+        " | 2 |",
     ]
 
 

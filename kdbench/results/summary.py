@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-TARGET_KEYS = ("task", "protocol", "target", "cell", "model")
+TARGET_KEYS = ("task", "protocol", "target", "cell", "distiller_label", "defense_label", "model")
 """What one target model of a (possibly multi-seed) grid is."""
 
 _MEANS = {
@@ -71,19 +71,21 @@ def per_attack(agg: pd.DataFrame, value: str = "auc") -> pd.DataFrame:
 
 
 def confounded(df: pd.DataFrame, chance: float = 0.5) -> list[str]:
-    """A warning per task and replicate whose reference baseline's CI excludes chance: its members and
+    """A warning per task and reference baseline whose CI excludes chance in some replicate: its members and
     non-members differ in distribution, so every membership AUC of that task mixes leakage with that shift."""
     rows = df[df["reference"]].drop_duplicates(["task", "seed", "run_id", "attack_label"])
-    out = []
+    flagged: dict[tuple[str, str], list[str]] = {}
     for _, r in rows.iterrows():
         lo, hi = r["auc_lo"], r["auc_hi"]
         if lo is not None and not math.isnan(lo) and (lo > chance or hi < chance):
-            out.append(
-                f"{r['task']} (seed {r['seed']}): the {r['attack_label']} baseline, which sees no model, separates "
-                f"members from non-members with AUC {r['auc']:.3f} [{lo:.3f}, {hi:.3f}]; the membership AUCs of "
-                "this task are confounded by that distribution shift (docs/attacks.md#blind)."
-            )
-    return out
+            found = f"{r['auc']:.3f} [{lo:.3f}, {hi:.3f}] (seed {r['seed']})"
+            flagged.setdefault((r["task"], r["attack_label"]), []).append(found)
+    return [
+        f"{task}: the {attack} baseline, which sees no model, separates members from non-members: AUC "
+        f"{'; '.join(found)}. The membership AUCs of this task are confounded by that distribution shift "
+        "(docs/attacks.md, blind)."
+        for (task, attack), found in flagged.items()
+    ]
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
