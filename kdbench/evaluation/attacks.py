@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,20 +34,25 @@ class TargetEvaluation:
     defenses: list[Resolved] = field(default_factory=list)
     memorization_report: MemorizationReport | None = None
     rouge_l_samples: np.ndarray | None = None  # per eval sample, for paired CIs of defended − undefended
+    # Reference baselines (``blind``): measured on the same samples, never counted as attacks (strongest, risk).
+    references: dict[str, metrics.MembershipMetrics] = field(default_factory=dict)
+    reference_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def run_attacks(
     attacks: Sequence[Resolved], scoring: ScoringContext, n_members: int, *, seed: int, n_resamples: int
 ) -> tuple[dict[str, metrics.MembershipMetrics], dict[str, np.ndarray]]:
     """Every attack's per-sample scores and metrics (members are the first ``n_members`` samples); each need
-    is computed once by ``scoring`` whichever attacks share it."""
+    is computed once by ``scoring`` whichever attacks share it. Only reference baselines get the labels."""
     wants_stats = any(Need.TOKEN_STATS in a.instance.needs for a in attacks)
     inputs = AttackInputs(
         samples=scoring.samples, token_stats=scoring.token_stats() if wants_stats else None, scoring=scoring
     )
+    labels = np.arange(len(scoring.samples)) < n_members
     results, all_scores = {}, {}
     for attack in attacks:
-        scores = _checked_scores(attack, inputs, len(scoring.samples))
+        given = replace(inputs, membership=labels) if Need.MEMBERSHIP_LABELS in attack.instance.needs else inputs
+        scores = _checked_scores(attack, given, len(scoring.samples))
         all_scores[attack.label] = scores
         results[attack.label] = metrics.membership_metrics(
             scores[:n_members], scores[n_members:], seed=seed, n_resamples=n_resamples

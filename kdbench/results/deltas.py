@@ -110,7 +110,7 @@ def _records_by_evaluation(evaluations: Sequence[Any], records: Sequence[Any]) -
         if record.target != evaluation.target or record.rouge_l != evaluation.rouge_l:
             raise ValueError("records and evaluations are not in the runner's order")
         firsts.append(record)
-        position += len(evaluation.attacks)
+        position += len(evaluation.attacks) + len(getattr(evaluation, "references", {}))
     return firsts
 
 

@@ -61,6 +61,10 @@ class RunState:
         self.records += [
             _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {})
             for label, m in evaluation.attacks.items()
+        ] + [
+            _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {},
+                    reference=True)
+            for label, m in evaluation.references.items()
         ]
         write_scores(self.out, evaluation)
 
@@ -110,6 +114,7 @@ def _record(
     provenance: dict[str, Any],
     attacks: list[Resolved],
     defense_report: dict[str, Any],
+    reference: bool = False,
 ) -> ResultRecord:
     """One attack's result on one target model, with what it takes to reproduce and compare it."""
     attack = next(a for a in attacks if a.label == attack_label)
@@ -117,7 +122,7 @@ def _record(
         run_id=run_id, task=ctx.task.name, protocol=ctx.task.distill_on, target=e.target, attack=attack.info.name,
         rouge_l=e.rouge_l, rouge_l_ci=list(e.rouge_l_ci), memorization=e.memorization,
         seed=ctx.seed, model=e.trained.ref, kdbench_version=__version__, git_commit=environment()["git_commit"],
-        attack_params=params_dict(attack.instance.params), provenance=provenance,
+        attack_params=params_dict(attack.instance.params), provenance=provenance, reference=reference,
         **_membership_fields(m), **_cell_fields(e, defense_report),
     )
 
