@@ -229,6 +229,7 @@ class Verification:
     task: str
     status: str  # verified | unfrozen | no-data | mismatch | error
     message: str = ""
+    blind: dict[str, Any] | None = None  # with --blind: the blind baseline's AUC on the task's attack samples
 
 
 @tasks.command("verify")
@@ -237,10 +238,14 @@ class Verification:
 @click.option("--skip-unavailable", is_flag=True,
               help="Do not fail on tasks that cannot be checked here (no split manifest, or no local data); they "
                    "are still reported.")
+@click.option("--blind", is_flag=True,
+              help="Also measure each task's member/non-member distribution shift with the blind baseline (no "
+                   "model; every task whose data is here; docs/attacks.md).")
 @json_option
-def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool, as_json: bool) -> None:
+def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool, blind: bool,
+           as_json: bool) -> None:
     """Recompute each task's splits and compare them with its split manifest (all shipped tasks by default)."""
-    results = [verify_one(name, data_dir) for name in (names or tuple(available_tasks()))]
+    results = [verify_one(name, data_dir, "blind" if blind else None) for name in (names or tuple(available_tasks()))]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))
     else:
@@ -248,30 +253,55 @@ def verify(names: tuple[str, ...], data_dir: Path | None, skip_unavailable: bool
         for result in results:
             console.print(f"[{STYLE[result.status]}]{result.status}[/] {escape(result.task)}"
                           + (f": {escape(result.message)}" if result.message else ""), soft_wrap=True)
+            if result.blind:
+                console.print("  " + escape(_shift_line(result.blind)), soft_wrap=True)
     if _failed(results, skip_unavailable):
         sys.exit(1)
 
 
-def verify_one(name: str, data_dir: Path | None) -> Verification:
-    """One task's verdict; only a successful comparison with a split manifest counts as verified."""
+def verify_one(name: str, data_dir: Path | None, blind: str | None = None) -> Verification:
+    """One task's verdict; only a successful comparison with a split manifest counts as verified. With ``blind``
+    (a baseline spec), the baseline's AUC on the task's attack samples is measured whenever the data is here."""
     try:
         task = load_task(name)
         path = split_manifest_path(task)
-        if not path.exists():
-            return Verification(task.name, "unfrozen", (
-                f"no split manifest {path}: its splits cannot be proven identical. A maintainer with the data runs "
-                f"`kdbench tasks freeze {task.name} --data-dir DIR` and commits the file."))
+        if not path.exists() and not blind:
+            return Verification(task.name, "unfrozen", _unfrozen(task, path))
         splits = make_splits(task, data_dir=data_dir)
+        shift = _shift(task, splits, blind) if blind and not task.eval_only else None
+        if not path.exists():
+            return Verification(task.name, "unfrozen", _unfrozen(task, path), shift)
         problems = compare_splits(task, splits, read_split_manifest(path), path)
     except MissingDataError as exc:
         return Verification(name, "no-data", str(exc))
     except KdbenchError as exc:
         return Verification(name, "error", str(exc))
     if problems:
-        return Verification(task.name, "mismatch", " ".join(problems))
+        return Verification(task.name, "mismatch", " ".join(problems), shift)
     note = pinned_file_mismatch(task, splits)
     return Verification(task.name, "verified", f"{path} ({sum(len(r) for r in splits.roles.values())} examples"
-                        + (f"; note: {note}" if note else "") + ")")
+                        + (f"; note: {note}" if note else "") + ")", shift)
+
+
+def _unfrozen(task: Task, path: Path) -> str:
+    return (f"no split manifest {path}: its splits cannot be proven identical. A maintainer with the data runs "
+            f"`kdbench tasks freeze {task.name} --data-dir DIR` and commits the file.")
+
+
+def _shift(task: Task, splits: Splits, baseline: str) -> dict[str, Any]:
+    from kdbench.analysis.shift import measure_shift
+    from kdbench.core.registry import get_registry
+
+    shift = measure_shift(task, splits, get_registry(), baseline)
+    return {**asdict(shift), "auc_ci": list(shift.auc_ci), "confounded": shift.confounded}
+
+
+def _shift_line(shift: dict[str, Any]) -> str:
+    lo, hi = shift["auc_ci"]
+    verdict = ("members and non-members differ in distribution: membership AUCs on this task are confounded"
+               if shift["confounded"] else "no distribution shift detected (CI includes 0.5)")
+    return (f"{shift['baseline']} AUC {shift['auc']:.3f} [{lo:.3f}, {hi:.3f}] on {shift['n_members']} members / "
+            f"{shift['n_nonmembers']} non-members: {verdict}.")
 
 
 def _failed(results: Iterable[Verification], skip_unavailable: bool) -> bool:
