@@ -160,6 +160,7 @@ def test_export_formats_round_trip(tmp_path: Path) -> None:
     assert back["AUC loss"].tolist() == pytest.approx(table["AUC loss"].tolist())
     assert json.loads(export.render(table, "json"))[0]["cell"] == "teacher"
     assert pd.read_parquet(export.write(table, "parquet", tmp_path / "t.parquet")).shape == table.shape
-    assert "\\begin{tabular}" in export.render(table, "latex")
+    latex = export.render(table, "latex")
+    assert "\\begin{tabular}" in latex and "0.850 $\\pm$ 0.071" in latex and "±" not in latex
     with pytest.raises(KdbenchError, match="Unknown export format 'xlsx'"):
         export.render(table, "xlsx")

@@ -169,7 +169,7 @@ def compare_table(pair: Any, a: str, b: str, on: Sequence[str]) -> Table:
     """Matched rows of A and B: AUC of each, ΔAUC and ΔROUGE-L (B − A) with CIs."""
     table = Table(title=f"B = {escape(b)} vs A = {escape(a)} (Δ = B − A; CI as if independent)",
                   title_justify="left", **TABLE_STYLE)
-    keys = [k for k in on if k not in ("task", "attack_label") or pair[k].nunique() > 1 or k == "attack_label"]
+    keys = [k for k in on if k in ("cell", "attack_label") or pair[k].nunique() > 1]  # constant columns say nothing
     for key in keys:
         table.add_column({"attack_label": "attack", "cell": "target"}.get(key, key.removesuffix("_label")))
     for column in ("AUC A", "AUC B", "ΔAUC [95% CI]", "ΔROUGE-L [95% CI]"):

@@ -27,7 +27,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
         return str(table.to_json(orient="records", indent=2)) + "\n"
     text = formatted(table)
     if fmt == "latex":
-        return str(text.to_latex(index=False, escape=True))
+        return str(text.to_latex(index=False, escape=True)).replace("±", "$\\pm$")
     return markdown(text)
 
 
