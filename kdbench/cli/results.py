@@ -100,14 +100,14 @@ def print_summary(console: Console, df: Any, per_attack: bool | None = None) -> 
 
 
 def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None) -> list[Table]:
-    """One row per target (its strongest attack), then, with several attacks, attacks × targets in as many
+    """One row per target (its strongest attack), then, with several membership attacks, attacks × targets in as many
     tables as ``width`` needs."""
     from kdbench.results.summary import aggregate, by_target, references
     from kdbench.results.summary import per_attack as attack_view
 
     agg = aggregate(df)
     tables = [target_table(by_target(agg), references(agg))]
-    attacks = agg["attack_label"].nunique()
+    attacks = agg.loc[~agg["reference"], "attack_label"].nunique()  # the reference row is in the first table
     if per_attack or (per_attack is None and attacks > 1):
         view = attack_view(agg)
         fit = max(1, (width - 16) // 16)
