@@ -17,6 +17,8 @@ __all__ = ["__version__", "hookimpl"]
 def __getattr__(name: str) -> Any:  # PEP 562: the public API, imported only when asked for
     import importlib
 
+    if name == "results":  # kdbench.results.load(...) after a bare `import kdbench`
+        return importlib.import_module("kdbench.results")
     api = importlib.import_module("kdbench.api")
     if name in api.__all__:
         return getattr(api, name)

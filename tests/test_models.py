@@ -53,7 +53,7 @@ def test_run_with_teacher_and_student_from_disk(tiny_pretrained: Path, tiny_task
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["model"] for r in records} == {str(tiny_pretrained)}
-    assert len(records) == 3
+    assert len(records) == 6  # loss and the blind reference, on teacher, baseline and student
 
 
 def test_the_bf16_path_trains_and_scores_finitely(tiny_pretrained: Path, tmp_path: Path) -> None:

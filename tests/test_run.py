@@ -21,8 +21,11 @@ RUN_FIELDS = {"kdbench_version", "git_commit", "packages", "seeds", "config_hash
 def test_results_have_the_fields_of_record(small_run_dir: Path) -> None:
     records = load_records([small_run_dir])  # validates every record
     assert {(r["target"], r["attack"]) for r in records} == {
-        (t, a) for t in ("teacher", "baseline", "student") for a in ("loss", "mink")
+        (t, a) for t in ("teacher", "baseline", "student") for a in ("loss", "mink", "blind")  # blind by default
     }
+    blind = [r for r in records if r["attack"] == "blind"]
+    assert all(r["reference"] for r in blind) and not any(r["reference"] for r in records if r not in blind)
+    assert len({r["auc"] for r in blind}) == 1  # no model: the same samples give the same AUC for every target
     for record in records:
         assert set(record) >= DESIGN_FIELDS
         assert record["auc_ci"][0] <= record["auc"] <= record["auc_ci"][1]
@@ -68,6 +71,9 @@ def test_second_identical_run_trains_nothing_and_agrees(small_run_dir: Path, tin
     second = {(r["target"], r["attack"]): r["auc"] for r in load_records([out])}
     assert first == second
     assert "0 artifacts built" in result.output
+    table = result.output[result.output.index("kdbench results"):result.output.index("Wrote")]
+    assert "(reference)" in table and "blind" in table
+    assert max(len(line) for line in table.splitlines()) <= 80  # CliRunner's terminal: 80 columns, not a tty
 
 
 def test_micro_batch_is_used_and_recorded(small_run_dir: Path, tiny_task: Path, tmp_path: Path,

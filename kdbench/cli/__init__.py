@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "plugin": "kdbench.cli.plugin:plugin",
     "audit": "kdbench.cli.audit:audit",
     "analyze": "kdbench.cli.analyze:analyze",
+    "results": "kdbench.cli.results:results",
 }
 
 

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 LIST_HELP = "Comma-separated names, `all`, and parameters as NAME:key=value,key=value."
+BLIND = "blind"  # the reference baseline every run adds unless --no-blind
 
 
 def _split(values: tuple[str, ...] | list[str]) -> list[str]:
@@ -46,18 +47,28 @@ def _split(values: tuple[str, ...] | list[str]) -> list[str]:
 @click.option("--micro-batch", type=click.IntRange(min=1), help="Rows per training forward pass, gradients "
               "accumulated to the recipe's batch [default: the whole batch, halved on out-of-memory].")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
+@click.option("--blind/--no-blind", default=True, show_default=True,
+              help="Also run the `blind` reference baseline (no model; its AUC is the members/non-members shift).")
 def run(**options: Any) -> None:
     """Distil, attack and score: e.g. `kdbench run --distiller kd --attack loss,mink`."""
     from kdbench.cli.reporter import RichReporter
+    from kdbench.cli.results import print_summary
     from kdbench.core.errors import EXIT_FAILURES
     from kdbench.core.registry import get_registry
+    from kdbench.evaluation.metrics import resolution_note, resolves
+    from kdbench.results.dataframe import frame
     from kdbench.run.runner import Runner
 
     console = Console()
     config = build_config(options)
     signal.signal(signal.SIGTERM, _interrupt)  # a kill is an interruption: run.json says so, exit status 130
     result = Runner(config, get_registry(), reporter=RichReporter(console)).run()
-    console.print(results_table(result))
+    if result.records:
+        print_summary(console, frame(r.to_json() for r in result.records))
+        counts = sorted({m.n_nonmembers for e in result.evaluations for m in e.attacks.values()})
+        for n in counts:  # TPR@1%FPR is only as fine as 1/n_nonmembers (docs/attacks.md, low-FPR resolution)
+            if not resolves(0.01, n):
+                console.print(f"[yellow]note[/]: {escape(resolution_note(n, 'the task evaluation.n_nonmembers'))}")
     print_deltas(console, result)
     console.print(
         f"Wrote [bold]{escape(str(result.out / 'results.jsonl'))}[/] and [bold]{escape(str(result.out / 'run.json'))}"
@@ -83,7 +94,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def build_config(options: dict[str, Any]) -> Any:
     """Merge the command line with an optional grid file into a RunConfig (errors before any work)."""
     from kdbench.core.errors import KdbenchError
-    from kdbench.core.params import parse_specs
+    from kdbench.core.params import PluginSpec, parse_specs
     from kdbench.models.families import get_family, student_for
     from kdbench.run.config import RunConfig
     from kdbench.run.grid import check_seeds, load_grid_file, parse_defense_stacks
@@ -97,6 +108,9 @@ def build_config(options: dict[str, Any]) -> Any:
     distillers, attacks = pick("distillers", "distiller"), pick("attacks", "attack")
     if not distillers or not attacks:
         raise KdbenchError("Give --distiller and --attack (or a --grid file with 'distiller' and 'attack').")
+    attack_specs = parse_specs(attacks)
+    if options.get("blind", True) and not {s.name for s in attack_specs} & {BLIND, "all"}:
+        attack_specs.append(PluginSpec(BLIND))  # cheap, and says whether the membership numbers are confounded
     seeds_text = _split(pick("seeds", "seed")) or ["0"]
     try:
         seeds = [int(s) for s in seeds_text]
@@ -115,7 +129,7 @@ def build_config(options: dict[str, Any]) -> Any:
         raise KdbenchError("--student-size needs --family (gpt2, opt or llama).")
     return RunConfig(
         distillers=parse_specs(distillers),
-        attacks=parse_specs(attacks),
+        attacks=attack_specs,
         defenses=parse_defense_stacks(pick("defenses", "defense") or ["none"]),
         tasks=_split(pick("tasks", "task")) or ["synthetic-pii"],
         seeds=seeds,
@@ -131,36 +145,6 @@ def build_config(options: dict[str, Any]) -> Any:
         micro_batch=options.get("micro_batch"),
         force=bool(options.get("force")),
     )
-
-
-def results_table(result: Any) -> Table:
-    """Teacher, baseline and each student: ROUGE-L, memorization, and per attack AUC [CI] and TPR@1%FPR (marked *
-    when the non-members cannot resolve 1%); the caption says which FPRs the non-members resolve."""
-    from kdbench.evaluation.metrics import resolution_note, resolves
-
-    counts = sorted({m.n_nonmembers for e in result.evaluations for m in e.attacks.values()})
-    caption = " ".join(resolution_note(n, "the task's evaluation.n_nonmembers") for n in counts)
-    table = Table(title="kdbench results (AUC: higher = more leakage; 0.5 = chance)", title_justify="left",
-                  caption=caption or None, caption_justify="left")
-    table.add_column("target")
-    table.add_column("ROUGE-L", justify="right")
-    table.add_column("memorized\nmem / non", justify="right")
-    for label in result.attack_labels:
-        table.add_column(f"{label}\nAUC [95% CI]", justify="right")
-        table.add_column(f"{label}\nTPR@1%", justify="right")
-    for e in result.evaluations:
-        name = {"teacher": "teacher", "baseline": "baseline (no KD)"}.get(e.target, f"student {e.trained.label}")
-        row = [escape(name), f"{e.rouge_l:.1f}",
-               f"{e.memorization['members']:.2f} / {e.memorization['nonmembers']:.2f}"]
-        for label in result.attack_labels:
-            m = e.attacks.get(label)
-            if m is None:
-                row += ["[red]failed[/]", "–"]
-                continue
-            mark = "" if resolves(0.01, m.n_nonmembers) else "*"
-            row += [f"{m.auc:.3f} [{m.auc_ci[0]:.2f}, {m.auc_ci[1]:.2f}]", f"{m.tpr_at_1pct_fpr:.3f}{mark}"]
-        table.add_row(*row)
-    return table
 
 
 def print_deltas(console: Console, result: Any) -> None:

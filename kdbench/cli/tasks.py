@@ -232,6 +232,7 @@ class Verification:
     task: str
     status: str  # verified | consistent | unfrozen | no-data | mismatch | error
     message: str = ""
+    blind: dict[str, Any] | None = None  # with --blind: the blind baseline's AUC on the task's attack samples
 
 
 @tasks.command("verify")
@@ -240,12 +241,15 @@ class Verification:
 @click.option("--strict", is_flag=True, help="Also fail on tasks without a split manifest (unfrozen).")
 @click.option("--skip-unavailable", is_flag=True,
               help="With --data-dir, do not fail on frozen tasks whose data is not there (still reported).")
+@click.option("--blind", is_flag=True,
+              help="Also measure each task's member/non-member distribution shift with the blind baseline (no "
+                   "model; every task whose data is here; docs/attacks.md).")
 @json_option
-def verify(names: tuple[str, ...], data_dir: Path | None, strict: bool, skip_unavailable: bool,
+def verify(names: tuple[str, ...], data_dir: Path | None, strict: bool, skip_unavailable: bool, blind: bool,
            as_json: bool) -> None:
     """Check each task's split manifest: consistent with itself and its task without data; recomputed from the
     data and compared with --data-dir (all shipped tasks by default)."""
-    results = [verify_one(name, data_dir) for name in (names or tuple(available_tasks()))]
+    results = [verify_one(name, data_dir, "blind" if blind else None) for name in (names or tuple(available_tasks()))]
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))
     else:
@@ -253,19 +257,22 @@ def verify(names: tuple[str, ...], data_dir: Path | None, strict: bool, skip_una
         for result in results:
             console.print(f"[{STYLE[result.status]}]{result.status}[/] {escape(result.task)}"
                           + (f": {escape(result.message)}" if result.message else ""), soft_wrap=True)
+            if result.blind:
+                console.print("  " + escape(_shift_line(result.blind)), soft_wrap=True)
     if _failed(results, strict, skip_unavailable):
         sys.exit(EXIT_FAILURES)
 
 
-def verify_one(name: str, data_dir: Path | None) -> Verification:
+def verify_one(name: str, data_dir: Path | None, blind: str | None = None) -> Verification:
     """One task's verdict. ``verified``: recomputed from its data and equal to its split manifest; ``consistent``:
     no data given, the split manifest agrees with itself and the task; ``unfrozen``: no split manifest (with data:
-    loaded and split fine); ``no-data``: frozen, but its data is not at --data-dir."""
+    loaded and split fine); ``no-data``: frozen, but its data is not at --data-dir. With ``blind`` (a baseline
+    spec), the baseline's AUC on the task's attack samples is measured whenever the data is here."""
     try:
         task = load_task(name)
         path = split_manifest_path(task)
         if not path.exists():
-            return _unfrozen(task, path, data_dir)
+            return _unfrozen(task, path, data_dir, blind)
         recorded = read_split_manifest(path)
         inconsistent = check_split_manifest(task, recorded, path)
         if inconsistent:
@@ -274,6 +281,7 @@ def verify_one(name: str, data_dir: Path | None) -> Verification:
             return Verification(task.name, "consistent", f"{path}: self-consistent ({_count(recorded)} examples); "
                                 "data not checked (pass --data-dir to recompute the splits from it).")
         splits = make_splits(task, data_dir=data_dir, check_pin=False)
+        shift = _shift(task, splits, blind) if blind and not task.eval_only else None
         problems = compare_splits(task, splits, recorded, path)
         note = pinned_file_mismatch(task, splits)
     except MissingDataError as exc:
@@ -281,15 +289,15 @@ def verify_one(name: str, data_dir: Path | None) -> Verification:
     except KdbenchError as exc:
         return Verification(name, "error", str(exc))
     if problems or note:
-        return Verification(task.name, "mismatch", " ".join([*problems, *([note] if note else [])]))
-    return Verification(task.name, "verified", f"{path} ({_count(recorded)} examples from {splits.location})")
+        return Verification(task.name, "mismatch", " ".join([*problems, *([note] if note else [])]), shift)
+    return Verification(task.name, "verified", f"{path} ({_count(recorded)} examples from {splits.location})", shift)
 
 
-def _unfrozen(task: Task, path: Path, data_dir: Path | None) -> Verification:
+def _unfrozen(task: Task, path: Path, data_dir: Path | None, blind: str | None = None) -> Verification:
     """An unfrozen task: said so, and with data, its data loaded and split (errors reported as errors)."""
     missing = (f"no split manifest {path}: its splits cannot be proven identical. A maintainer with the data runs "
                f"`kdbench tasks freeze {task.name} --data-dir DIR` and commits the file.")
-    if data_dir is None:
+    if data_dir is None and task.source_kind != "generator":
         return Verification(task.name, "unfrozen", missing + " Data not checked (no --data-dir).")
     try:
         splits = make_splits(task, data_dir=data_dir, check_pin=False)
@@ -298,9 +306,26 @@ def _unfrozen(task: Task, path: Path, data_dir: Path | None) -> Verification:
     except KdbenchError as exc:
         return Verification(task.name, "error", f"{missing} Its data could not be split: {exc}")
     note = pinned_file_mismatch(task, splits)
+    shift = _shift(task, splits, blind) if blind and not task.eval_only else None
     sizes = ", ".join(f"{role} {len(ex)}" for role, ex in splits.roles.items())
     return Verification(task.name, "unfrozen", f"{missing} Data loaded and split ({sizes} from {splits.location})"
-                        + (f"; note: {note}" if note else "") + ".")
+                        + (f"; note: {note}" if note else "") + ".", shift)
+
+
+def _shift(task: Task, splits: Splits, baseline: str) -> dict[str, Any]:
+    from kdbench.analysis.shift import measure_shift
+    from kdbench.core.registry import get_registry
+
+    shift = measure_shift(task, splits, get_registry(), baseline)
+    return {**asdict(shift), "auc_ci": list(shift.auc_ci), "confounded": shift.confounded}
+
+
+def _shift_line(shift: dict[str, Any]) -> str:
+    lo, hi = shift["auc_ci"]
+    verdict = ("members and non-members differ in distribution: membership AUCs on this task are confounded"
+               if shift["confounded"] else "no distribution shift detected (CI includes 0.5)")
+    return (f"{shift['baseline']} AUC {shift['auc']:.3f} [{lo:.3f}, {hi:.3f}] on {shift['n_members']} members / "
+            f"{shift['n_nonmembers']} non-members: {verdict}.")
 
 
 def _count(recorded: dict[str, Any]) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,6 +35,9 @@ class TargetEvaluation:
     memorization_report: MemorizationReport | None = None
     rouge_l_samples: np.ndarray | None = None  # per eval sample, for paired CIs of defended − undefended
     attack_errors: dict[str, str] = field(default_factory=dict)  # label -> why that attack failed on this target
+    # Reference baselines (``blind``): measured on the same samples, never counted as attacks (strongest, risk).
+    references: dict[str, metrics.MembershipMetrics] = field(default_factory=dict)
+    reference_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def run_attacks(
@@ -42,7 +45,7 @@ def run_attacks(
     errors: dict[str, str] | None = None,
 ) -> tuple[dict[str, metrics.MembershipMetrics], dict[str, np.ndarray]]:
     """Every attack's per-sample scores and metrics (members are the first ``n_members`` samples); each need
-    is computed once by ``scoring`` whichever attacks share it.
+    is computed once by ``scoring`` whichever attacks share it. Only reference baselines get the labels.
 
     With ``errors``, an attack that fails is left out of both results and its message stored there under its
     label, so one broken attack costs only its own numbers; without, its error is raised.
@@ -51,10 +54,12 @@ def run_attacks(
     inputs = AttackInputs(
         samples=scoring.samples, token_stats=scoring.token_stats() if wants_stats else None, scoring=scoring
     )
+    labels = np.arange(len(scoring.samples)) < n_members
     results, all_scores = {}, {}
     for attack in attacks:
+        given = replace(inputs, membership=labels) if Need.MEMBERSHIP_LABELS in attack.instance.needs else inputs
         try:
-            scores = _checked_scores(attack, inputs, len(scoring.samples))
+            scores = _checked_scores(attack, given, len(scoring.samples))
         except KdbenchError as exc:
             if errors is None:
                 raise

@@ -42,6 +42,7 @@ from kdbench.leaderboard.ranking import (
     build_boards,
     canonical,
     merge_records,
+    protocol_of,
     replicate_of,
 )
 from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
@@ -117,7 +118,7 @@ def build_site(paths: Sequence[Path], out: Path, *, include_member_text: bool = 
     records, omitted = prepare_records(raw, include_member_text)
     merge = merge_records(records)
     report = BuildReport(out, len(files), len(raw), merge, omitted)
-    boards = build_boards(merge.records)
+    boards = build_boards([r for r in merge.records if not r.get("reference")])  # blind is no attack: never ranked
     report.boards, report.entries = len(boards), sum(len(b.entries) for b in boards)
     report.pages = _write_atomically(
         out, lambda tmp: render_site(boards, merge.records, tmp, include_member_text)
@@ -569,9 +570,25 @@ class BoardView:
     variants: dict[CellKey, str]
     hrefs: dict[CellKey, str]
     attack_labels: dict[str, str]
+    shift: list[tuple[str, str]] = field(default_factory=list)  # (baseline, "AUC [CI] (n replicates)")
 
 
-def board_view(board: Board) -> BoardView:
+def shift_baselines(board: Board, records: Sequence[Record]) -> list[tuple[str, str]]:
+    """The reference baselines (``blind``) of the board's task and protocol: mean AUC and CI over replicates,
+    once per replicate (they see no model, so every target of a replicate has the same value)."""
+    found: dict[str, dict[tuple[str, int], Record]] = defaultdict(dict)
+    for r in records:
+        if r.get("reference") and r["task"] == board.task and protocol_of(r) == board.protocol:
+            found[r["attack"]].setdefault((r["run_id"], r["seed"]), r)
+    out = []
+    for attack, by_replicate in sorted(found.items()):
+        rows = list(by_replicate.values())
+        ci = (fmean(r["auc_ci"][0] for r in rows), fmean(r["auc_ci"][1] for r in rows))
+        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {fmt_ci(ci)} ({len(rows)} replicates)"))
+    return out
+
+
+def board_view(board: Board, records: Sequence[Record] = ()) -> BoardView:
     hrefs = {e.cell.key: entry_file(e.cell.key) for e in board.entries}
     cells = [e.cell for e in board.entries] + board.references
     labels, variants = attack_labels(cells), variant_labels(board.entries)
@@ -583,6 +600,7 @@ def board_view(board: Board) -> BoardView:
         variants,
         hrefs,
         labels,
+        shift_baselines(board, records),
     )
 
 
@@ -748,7 +766,7 @@ def render_site(
     renderer = Renderer(out, environment(root), static_text("site.css", root), static_text("site.js", root))
     tasks: dict[str, list[BoardView]] = defaultdict(list)
     for board in boards:
-        tasks[board.task].append(board_view(board))
+        tasks[board.task].append(board_view(board, records))
     task_dirs = {task: slug(task) for task in tasks}
     renderer.page("index.html", "index.html", "", tasks=tasks, task_dirs=task_dirs, n_records=len(records))
     for task, views in tasks.items():

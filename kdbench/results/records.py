@@ -55,6 +55,9 @@ class ResultRecord:
     roc: dict[str, list[float]] | None = None
     git_commit: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # A reference baseline (``blind``): its AUC measures the samples (distribution shift), not the model, so it is
+    # shown beside the attacks but never counted as one (strongest attack, risk).
+    reference: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "memorization": (dict, type(None)),
     "roc": (dict, type(None)),
     "git_commit": (str, type(None)),
+    "reference": (bool,),
     "schema_version": (int,),
 }
 _UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fpr", "balanced_accuracy")
@@ -129,6 +133,8 @@ def _field_types(obj: dict[str, Any]) -> Iterator[str]:
 
 
 def _wrong_type(value: Any, types: tuple[type, ...]) -> bool:
+    if bool in types:
+        return not isinstance(value, bool)
     return isinstance(value, bool) or not isinstance(value, types)
 
 
@@ -237,11 +243,29 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
+            if lineno == 1 and _one_document(text):
+                raise ResultsFileError(
+                    f"{path}: one JSON document, not a results file (JSON Lines, one record per line); pass "
+                    "a run directory or its results.jsonl."
+                ) from None
             raise ResultsFileError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
+        if isinstance(obj, dict) and not set(_REQUIRED) & set(obj):
+            keys = ", ".join(sorted(obj)[:5]) or "none"
+            raise ResultsFileError(f"{path}:{lineno}: not a results record (keys: {keys}); pass a run "
+                                   "directory or its results.jsonl, not another file of the run.")
         problems = validate_record(obj)
         if problems:
             raise ResultsFileError(f"{path}:{lineno}: invalid results record: " + "; ".join(problems) + ".")
         yield obj
+
+
+def _one_document(text: str) -> bool:
+    """Whether ``text`` is a single (multi-line) JSON document, such as run.json."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_records(paths: Iterable[Path]) -> list[dict[str, Any]]:

@@ -30,7 +30,8 @@ def write_scores(out: Path, evaluation: TargetEvaluation) -> None:
     directory.mkdir(exist_ok=True)
     name = f"{evaluation.target}-{evaluation.trained.key[:12]}"
     meta = {"target": evaluation.target, "label": evaluation.trained.label, "model_key": evaluation.trained.key}
-    text = score_lines(meta, evaluation.sample_ids, evaluation.n_members, evaluation.scores)
+    scores = {**evaluation.scores, **evaluation.reference_scores}
+    text = score_lines(meta, evaluation.sample_ids, evaluation.n_members, scores)
     atomic_write_text(directory / f"{name}.jsonl", text)
 
 

@@ -15,6 +15,7 @@ from kdbench.run import artifacts
 from kdbench.run.context import RunContext
 from kdbench.run.host import RunHost
 from kdbench.scoring.context import ScoringContext
+from kdbench.scoring.needs import is_reference
 
 
 class Evaluator:
@@ -39,7 +40,10 @@ class Evaluator:
         if not (0.0 <= memorization_threshold < 1.0 and 0.0 <= agreement_fpr <= 1.0):
             raise KdbenchError(f"memorization_threshold must lie in [0, 1) and agreement_fpr in [0, 1]; got "
                                f"{memorization_threshold} and {agreement_fpr}.")
-        self.ctx, self.members, self.nonmembers, self.attacks = ctx, members, nonmembers, attacks
+        self.ctx, self.members, self.nonmembers = ctx, members, nonmembers
+        # Membership attacks, and the reference baselines (blind) reported beside them but never counted as one.
+        self.attacks = [a for a in attacks if not is_reference(a.instance.needs)]
+        self.references = [a for a in attacks if is_reference(a.instance.needs)]
         self.samples = members + nonmembers
         self.eval_examples = ctx.splits.roles["eval"][: ctx.task.evaluation.n_eval]
         self.host = RunHost(ctx)
@@ -56,13 +60,15 @@ class Evaluator:
         with ctx.timed("attacks"):
             results, all_scores = run_attacks(self.attacks, scoring, n, seed=ctx.seed, n_resamples=ev.bootstrap,
                                               errors=errors)
+            references, reference_scores = run_attacks(self.references, scoring, n, seed=ctx.seed,
+                                                       n_resamples=ev.bootstrap, errors=errors)
         report = self._memorization(target, trained, results, all_scores)
         per_sample = self._utility(trained)
         rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
         return TargetEvaluation(
             target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
             [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
-            attack_errors=errors,
+            attack_errors=errors, references=references, reference_scores=reference_scores,
         )
 
     def memorization_rates(self, trained: TrainedModel) -> np.ndarray:

@@ -68,8 +68,11 @@ class RunState:
         where = f"{ctx.task.name} seed={ctx.seed} {evaluation.target} {evaluation.trained.label}"
         for label, error in evaluation.attack_errors.items():
             self.attack_failures.append({"target": where, "attack": label, "error": error})
-        for label, m in evaluation.attacks.items():
-            record = _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {})
+        measured = [(label, m, False) for label, m in evaluation.attacks.items()]
+        measured += [(label, m, True) for label, m in evaluation.references.items()]
+        for label, m, reference in measured:
+            record = _record(evaluation, label, m, ctx, self.run_id, provenance, self.attacks, defense_report or {},
+                             reference=reference)
             problems = validate_record(record.to_json())  # e.g. a NaN: never written where the leaderboard reads
             if problems:
                 self.attack_failures.append({"target": where, "attack": label,
@@ -134,6 +137,7 @@ def _record(
     provenance: dict[str, Any],
     attacks: list[Resolved],
     defense_report: dict[str, Any],
+    reference: bool = False,
 ) -> ResultRecord:
     """One attack's result on one target model, with what it takes to reproduce and compare it."""
     attack = next(a for a in attacks if a.label == attack_label)
@@ -141,7 +145,7 @@ def _record(
         run_id=run_id, task=ctx.task.name, protocol=ctx.task.distill_on, target=e.target, attack=attack.info.name,
         rouge_l=e.rouge_l, rouge_l_ci=list(e.rouge_l_ci), memorization=e.memorization,
         seed=ctx.seed, model=e.trained.ref, kdbench_version=__version__, git_commit=environment()["git_commit"],
-        attack_params=params_dict(attack.instance.params), provenance=provenance,
+        attack_params=params_dict(attack.instance.params), provenance=provenance, reference=reference,
         **_membership_fields(m), **_cell_fields(e, defense_report),
     )
 

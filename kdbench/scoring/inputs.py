@@ -18,14 +18,16 @@ from kdbench.scoring.tokenstats import TokenStats
 
 @dataclass(frozen=True)
 class AttackInputs:
-    """Everything an attack may read about one target model and one set of samples (members + non-members,
-    shuffled together; the attack never sees which is which)."""
+    """Everything an attack may read about one target model and one set of samples (members + non-members;
+    an attack never sees which is which, except a reference baseline that declares ``Need.MEMBERSHIP_LABELS``)."""
 
     samples: Sequence[Example]
     token_stats: TokenStats | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     # Lazily computes, and caches per (model, samples, variant), every other need (see kdbench.scoring.context).
     scoring: ScoringContext | None = None
+    # True for members, one per sample: given only to attacks declaring Need.MEMBERSHIP_LABELS.
+    membership: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -1,0 +1,224 @@
+"""``kdbench results``: show, compare and export finished runs, from ``kdbench.results.load``'s DataFrame.
+
+The tables keep a fixed number of columns whatever the number of attacks (attacks become rows), so they stay
+readable at 80 columns, in a pipe or a log; ``kdbench run`` closes with the same :func:`summary_tables`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kdbench.core.errors import KdbenchError
+
+AUC_TITLE = "AUC: higher = more leakage; 0.5 = chance"
+TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1, 0, 0)}  # 80 columns
+
+
+@click.group("results")
+def results() -> None:
+    """Look at, aggregate over seeds, compare and export finished runs (docs/results.md)."""
+
+
+@results.command("show")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--per-attack/--no-per-attack", default=None,
+              help="Also show every attack against every target [default: when there are several attacks].")
+def show(runs: tuple[str, ...], per_attack: bool | None) -> None:
+    """Summarise RUNS (run directories, results files or glob patterns), seeds aggregated."""
+    from kdbench.results.dataframe import load
+
+    console = Console(highlight=False)
+    print_summary(console, load(*runs), per_attack=per_attack)
+
+
+@results.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.argument("runs", nargs=-1)
+def compare(a: str, b: str, runs: tuple[str, ...]) -> None:
+    """B against A, side by side with Δ = B − A and its CI.
+
+    A and B are two runs (directories, files or globs), or two selections KEY=VALUE of the records in RUNS, e.g.
+    `compare defense=none defense=dp-sgd runs/x` or `compare distiller=kd distiller=gkd runs/x`.
+    """
+    from kdbench.results.dataframe import load
+    from kdbench.results.summary import compare as compare_frames
+
+    if _is_selection(a) and _is_selection(b):
+        if not runs:
+            raise KdbenchError(f"Selections {a} and {b} need the runs to select from: add RUNS… after them.")
+        df = load(*runs)
+        left, right = _select(df, a), _select(df, b)
+        on = _match_keys(a.split("=", 1)[0])
+    elif runs:
+        raise KdbenchError("Give two runs (A B), or two selections KEY=VALUE followed by the runs.")
+    else:
+        left, right, on = load(a), load(b), ["task", "cell", "attack_label"]
+    pair = compare_frames(left, right, on=on)
+    if pair.empty:
+        raise KdbenchError(f"Nothing in {a} matches {b} (matched on {', '.join(on)}).")
+    Console(highlight=False).print(compare_table(pair, a, b, on))
+
+
+@results.command("export")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "markdown", "latex", "json"]),
+              default="markdown", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: standard output].")
+def export(runs: tuple[str, ...], fmt: str, out: Path | None) -> None:
+    """The paper table of RUNS: one row per target, each attack's AUC (mean ± sd over seeds), ROUGE-L and
+    memorization ([Z]-style distillers × attacks)."""
+    from kdbench.results.dataframe import load
+    from kdbench.results.export import render, write
+    from kdbench.results.summary import paper_table
+
+    table = paper_table(load(*runs))
+    if out is None:
+        click.echo(render(table, fmt), nl=False)
+    else:
+        click.echo(f"Wrote {write(table, fmt, out)}", err=True)
+
+
+def print_summary(console: Console, df: Any, per_attack: bool | None = None) -> None:
+    """The summary tables of ``df`` and, when a reference baseline's CI excludes chance, the warning."""
+    from kdbench.results.summary import confounded
+
+    if df.empty:
+        raise KdbenchError("No results records to show.")
+    for table in summary_tables(df, console.width, per_attack):
+        console.print(table)
+    for warning in confounded(df):
+        console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=False)
+
+
+def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None) -> list[Table]:
+    """One row per target (its strongest attack), then, with several membership attacks, attacks × targets in as many
+    tables as ``width`` needs."""
+    from kdbench.results.summary import aggregate, by_target, references
+    from kdbench.results.summary import per_attack as attack_view
+
+    agg = aggregate(df)
+    tables = [target_table(by_target(agg), references(agg))]
+    attacks = agg.loc[~agg["reference"], "attack_label"].nunique()  # the reference row is in the first table
+    if per_attack or (per_attack is None and attacks > 1):
+        view = attack_view(agg)
+        fit = max(1, (width - 16) // 16)
+        for start in range(0, len(view.columns), fit):
+            tables.append(attack_table(view, agg, list(view.columns[start:start + fit])))
+    return tables
+
+
+def target_table(targets: Any, refs: Any) -> Table:
+    """Teacher, baseline and students: ROUGE-L, memorization and the strongest attack's AUC over seeds."""
+    several = bool((targets["n"] > 1).any()) if "n" in targets else False
+    seeds = f", mean of {int(targets['n'].max())} seeds" if several else ""
+    table = Table(title=f"kdbench results ({AUC_TITLE}{seeds})", title_justify="left", **TABLE_STYLE)
+    table.add_column("target")
+    table.add_column("ROUGE-L", justify="right")
+    table.add_column("memorized\nmem/non", justify="right")
+    table.add_column("strongest\nattack")
+    table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
+    if several:
+        table.add_column("sd", justify="right")
+    table.add_column("TPR@1%", justify="right")
+    multi_task = targets["task"].nunique() > 1
+    for _, r in targets.iterrows():
+        name = f"{r['task']} {r['cell']}" if multi_task else str(r["cell"])
+        row = [escape(name), _num(r["rouge_l"], 1), f"{_num(r['mem_members'], 2)}/{_num(r['mem_nonmembers'], 2)}",
+               escape(str(r["strongest"])), _auc_ci(r)]
+        table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), _num(r["tpr_at_1pct_fpr"], 3))
+    for i, (_, r) in enumerate(refs.iterrows()):
+        name = f"{r['task']} " if multi_task else ""
+        row = [f"[dim]{escape(name)}(reference)[/]", "", "", escape(str(r["attack_label"])), _auc_ci(r)]
+        table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), "", end_section=False)
+        if i == 0:
+            table.rows[-2].end_section = True  # a rule between the targets and the references
+    if len(refs):
+        table.caption = "reference: no model; AUC ≠ 0.5 means members and non-members differ in distribution."
+        table.caption_justify = "left"
+    return table
+
+
+def attack_table(view: Any, agg: Any, columns: Sequence[str]) -> Table:
+    """Attacks as rows, ``columns`` (targets) as columns: mean AUC with its CI below it."""
+    table = Table(title="AUC [95% CI] per attack", title_justify="left", **TABLE_STYLE)
+    table.add_column("attack")
+    for column in columns:
+        table.add_column(escape(str(column)), justify="right")
+    reference_labels = set(agg.loc[agg["reference"], "attack_label"])
+    cells = {(r["attack_label"], _column(r, agg)): r for _, r in agg.iterrows()}
+    for attack in view.index:
+        label = f"{attack} (ref.)" if attack in reference_labels else str(attack)
+        row = []
+        for column in columns:
+            r = cells.get((attack, column))
+            row.append("–" if r is None else f"{r['auc']:.3f}\n[{_num(r['auc_lo'], 2)}, {_num(r['auc_hi'], 2)}]")
+        table.add_row(escape(label), *row)
+    return table
+
+
+def compare_table(pair: Any, a: str, b: str, on: Sequence[str]) -> Table:
+    """Matched rows of A and B: AUC of each, ΔAUC and ΔROUGE-L (B − A) with CIs."""
+    table = Table(title=f"B = {escape(b)} vs A = {escape(a)} (Δ = B − A; CI as if independent)",
+                  title_justify="left", **TABLE_STYLE)
+    keys = [k for k in on if k in ("cell", "attack_label") or pair[k].nunique() > 1]  # constant columns say nothing
+    for key in keys:
+        table.add_column({"attack_label": "attack", "cell": "target"}.get(key, key.removesuffix("_label")))
+    for column in ("AUC A", "AUC B", "ΔAUC [95% CI]", "ΔROUGE-L [95% CI]"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for _, r in pair.iterrows():
+        label = [escape(str(r[k])) + (" (ref.)" if k == "attack_label" and r["reference_a"] else "") for k in keys]
+        table.add_row(
+            *label, f"{r['auc_a']:.3f}", f"{r['auc_b']:.3f}",
+            f"{r['delta_auc']:+.3f} [{r['delta_auc_lo']:+.2f}, {r['delta_auc_hi']:+.2f}]",
+            f"{r['delta_rouge_l']:+.1f} [{r['delta_rouge_l_lo']:+.1f}, {r['delta_rouge_l_hi']:+.1f}]",
+        )
+    return table
+
+
+def _is_selection(text: str) -> bool:
+    return "=" in text and not Path(text).exists()
+
+
+def _select(df: Any, selection: str) -> Any:
+    key, value = selection.split("=", 1)
+    if key not in df.columns:
+        raise KdbenchError(f"Cannot select {selection}: the records have no column {key!r} (e.g. distiller, "
+                           "defense, seed, attack, task, run_id).")
+    chosen = df[df[key].astype(str) == value]
+    if chosen.empty:
+        found = ", ".join(sorted({str(v) for v in df[key].dropna()})[:10])
+        raise KdbenchError(f"No records with {key}={value}; found: {found}.")
+    return chosen
+
+
+def _match_keys(key: str) -> list[str]:
+    """What rows of the two sides must share: everything that identifies a row but the selected key."""
+    if key.startswith("distiller"):
+        return ["task", "target", "defense_label", "attack_label"]
+    if key.startswith("defense"):
+        return ["task", "target", "distiller_label", "attack_label"]
+    return ["task", "cell", "attack_label"]
+
+
+def _column(row: Any, agg: Any) -> str:
+    return str(row["cell"]) if agg["task"].nunique() == 1 else f"{row['task']} {row['cell']}"
+
+
+def _auc_ci(r: Any) -> str:
+    return f"{r['auc']:.3f} [{_num(r['auc_lo'], 2)}, {_num(r['auc_hi'], 2)}]"
+
+
+def _num(value: Any, digits: int) -> str:
+    try:
+        return "–" if value is None or value != value else f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return "–"
