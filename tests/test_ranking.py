@@ -18,6 +18,7 @@ from kdbench.leaderboard.ranking import (
     rank_cells,
 )
 from kdbench.leaderboard.replicates import ReplicateConflictError, check_replicates
+from kdbench.leaderboard.stats import seed_interval
 from tests.helpers import make_record
 
 
@@ -319,3 +320,11 @@ def test_rank_by_tpr_uses_the_strongest_attack_by_tpr() -> None:
     assert by_tpr["b / none"].attack.attack == "mink" and by_tpr["b / none"].risk == pytest.approx(0.30)
     assert by_tpr["a / none"].attack.attack == "loss"
     assert build_boards(records, metric="tpr")[0].entries[0].cell.key.name == "a / none"
+
+
+def test_seed_intervals_need_every_seeds_ci_and_two_seeds_get_the_envelope() -> None:
+    assert seed_interval([0.6, 0.7, 0.8], [(0.55, 0.65), None, (0.75, 0.85)]) is None  # sampling noise unknown
+    assert seed_interval([0.6, 0.7], [(0.5, 0.7), (0.65, 0.72)]) == (0.5, 0.72)
+    assert seed_interval([0.98] * 3, [(0.9, 1.0)] * 3) == pytest.approx((0.93, 1.0))  # clamped to [0, 1]
+    [cell] = group_cells([make_record(seed=s, run_id=f"r{s}", tpr_at_1pct_fpr=0.1 * s) for s in range(3)])
+    assert cell.strongest.tpr.ci is None and cell.strongest.tpr.spread == pytest.approx((0.0, 0.2))

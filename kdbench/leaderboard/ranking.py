@@ -216,7 +216,7 @@ class AttackSummary:
     attack: str
     params: dict[str, Any]
     auc: Estimate
-    tpr: Estimate  # TPR@1%FPR: mean and spread over seeds (records carry no sampling CI for it)
+    tpr: Estimate  # TPR@1%FPR: mean and spread over seeds; no CI (records carry no sampling CI for it)
     tpr_at_01pct_fpr: float
     metrics: dict[str, float]
     records: list[Record]

@@ -28,24 +28,24 @@ def seed_interval(
     cis: Sequence[tuple[float, float] | None],
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[float, float] | None:
-    """A 95% interval for the mean over seeds of a statistic, clamped to ``bounds``.
+    """A 95% interval for the mean over seeds of a statistic, clamped to ``bounds``; None unless every seed
+    carries its own (bootstrap) CI, since the sampling noise would otherwise go uncounted.
 
-    - one seed: its own bootstrap CI (None without one);
-    - two seeds: the envelope of their CIs (None without them) — covers both seeds, too few for a t-interval;
+    - one seed: its own CI;
+    - two seeds: the envelope of their CIs — covers both seeds; too few seeds for a t-interval;
     - three or more: mean ± sqrt((t(0.975, n−1)·s/√n)² + h²), s the standard deviation of the seed values and h
-      the mean half-width of the seeds' bootstrap CIs (the shared sampling noise; 0 when some seed has none).
+      the mean half-width of the seeds' CIs (the sampling noise they share).
     """
     n = len(values)
-    have_cis = bool(cis) and len(cis) == n and all(ci is not None for ci in cis)
-    known = [ci for ci in cis if ci is not None] if have_cis else []
+    if n == 0 or len(cis) != n or any(ci is None for ci in cis):
+        return None
+    known = [ci for ci in cis if ci is not None]
     if n < MIN_SEEDS_FOR_T:
-        if not known:
-            return None
         low, high = min(ci[0] for ci in known), max(ci[1] for ci in known)
     else:
         mean = fmean(values)
         seed_half = t_quantile(n - 1) * stdev(values) / math.sqrt(n)
-        sampling_half = fmean((ci[1] - ci[0]) / 2 for ci in known) if known else 0.0
+        sampling_half = fmean((ci[1] - ci[0]) / 2 for ci in known)
         half = math.hypot(seed_half, sampling_half)
         low, high = mean - half, mean + half
     return max(bounds[0], low), min(bounds[1], high)
