@@ -391,14 +391,21 @@ def _cell_title(cell: Cell, attack: AttackSummary, metric: str, extra: str = "")
     )
 
 
+def _risk_interval(attack: AttackSummary, metric: str) -> tuple[float, tuple[float, float] | None]:
+    """The risk and its whisker: the AUC's CI, or TPR@1%FPR's spread over seeds (it has no CI)."""
+    if metric == "auc":
+        return attack.auc.value, attack.auc.ci
+    return attack.tpr.value, attack.tpr.spread if attack.tpr.n > 1 else None
+
+
 def _marker(
     cell: Cell, attack: AttackSummary, metric: str, x: Scale, y: Scale, style: tuple[str, str], title: str,
     href: str | None,
 ) -> Marker:
     """A point at (risk, utility) with whiskers: the risk's CI (AUC) or seed spread (TPR), the utility's CI."""
-    risk, util = (attack.auc if metric == "auc" else attack.tpr), cell.utility
-    interval = risk.ci if metric == "auc" else (risk.spread if risk.n > 1 else None)
-    px, py = x(risk.value), y(util.value)
+    risk, interval = _risk_interval(attack, metric)
+    util = cell.utility
+    px, py = x(risk), y(util.value)
     whiskers = []
     if interval:
         whiskers.append((x(interval[0]), py, x(interval[1]), py))
@@ -420,7 +427,8 @@ def frontier_chart(board: Board, entries: Sequence[RankedEntry], metric: str, hr
         "utility: ROUGE-L",
     )
     points = [(e.cell, e.attack) for e in entries] + [(r, board.reference_attack(r, metric)) for r in board.references]
-    x_values = [v for c, a in points for v in (a.value(metric), *((a.auc.ci or ()) if metric == "auc" else ()))]
+    risks = [_risk_interval(a, metric) for _, a in points]
+    x_values = [v for risk, interval in risks for v in (risk, *(interval or ()))]
     y_values = [v for c, _ in points for v in (c.utility.value, *(c.utility.ci or ()))]
     threshold = board.floor.threshold
     if threshold is not None:
