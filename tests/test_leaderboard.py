@@ -38,6 +38,12 @@ def grid() -> list[dict[str, Any]]:
     return records
 
 
+def by_metric(page: str, metric: str) -> str:
+    """The part of a task page that shows the ranking by ``metric`` (its chart and table)."""
+    start = page.index(f'<div class="by-metric" data-metric="{metric}"')
+    return page[start : page.index("</table>", start)]
+
+
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
@@ -68,7 +74,8 @@ def test_build_writes_index_task_and_entry_pages(site: Path) -> None:
     entries = [name for name in html if name.startswith("synthetic-pii/entries/")]
     assert len(entries) == 3  # one per student cell; teacher and baseline are reference points
     task = html["synthetic-pii/index.html"]
-    assert task.count('class="frontier-row"') == 3  # the three students trade off: all on the frontier
+    by_auc = by_metric(task, "auc")
+    assert by_auc.count('class="frontier-row"') == 3  # the three students trade off on AUC: all on the frontier
     assert "<svg" in task and 'table class="heat"' in task and "sortable" in task
     assert len(load_records([site / "results.jsonl"])) == len(grid())
 
@@ -112,7 +119,8 @@ def test_plugin_supplied_text_is_escaped_everywhere(tmp_path: Path) -> None:
     html = pages(tmp_path / "site")
     assert all("<script>alert(1)" not in page for page in html.values())
     assert XSS_ESCAPED in html["synthetic-pii/index.html"]
-    entry = next(page for name, page in html.items() if "entries/" in name and XSS_ESCAPED in page)
+    # The XSS student's own page (the others name its attack too, as one they lack).
+    entry = max((page for name, page in html.items() if "entries/" in name), key=lambda p: p.count(XSS_ESCAPED))
     assert entry.count(XSS_ESCAPED) >= 4  # heading, parameters, attack table, provenance
 
 
@@ -291,3 +299,62 @@ def test_slugs_are_safe_and_never_clash_with_the_site_files() -> None:
         made = slug(name)
         assert made != name and "/" not in made and not made.startswith(".")
     assert slug("a b") != slug("a-b")
+
+
+# --------------------------------------------------------------------------------------------- like with like
+
+
+def test_build_states_the_rule_and_marks_what_does_not_compare(tmp_path: Path) -> None:
+    """Common attack set, missing attacks, unusable entries and sft as a reference, on the page and in the output."""
+    records = [
+        *grid(),
+        make_record("kd", "dp-sgd", attack="loss", auc=0.5, rouge=0.0),  # no mink, no utility
+        make_record("sft", "none", attack="loss", auc=0.5, rouge=18.0),
+        make_record("sft", "none", attack="mink", auc=0.52, rouge=18.0),
+    ]
+    results = write_jsonl(tmp_path / "results.jsonl", records)
+    result = invoke("build", str(results), "--out", str(tmp_path / "site"))
+    assert result.exit_code == 0, result.output
+    assert "lack mink and are ranked on the common attacks only" in result.output
+    assert "kdbench run --task synthetic-pii --distiller kd --defense dp-sgd --attack mink --seed 0" in result.output
+    assert "1 entr(y/ies) below the utility floor" in result.output
+    html = pages(tmp_path / "site")
+    task = html["synthetic-pii/index.html"]
+    assert "common attack set" in task and "<strong>loss</strong>" in task  # the set the ranking uses
+    assert "Utility floor." in task and "<strong>9.00</strong>" in task  # 50% of the baseline's 18
+    table = by_metric(task, "auc")
+    assert table.count('class="badge unusable"') == 1 and '<span class="missing"' in table
+    assert table.count("<tr data-entry=") == 4  # kd, seqkd, minillm, kd/dp-sgd; sft is a reference
+    assert "sft / none" in task.split("Reference points")[1].split("</table>")[0]
+    heat = task[task.index('table class="heat"') :]
+    assert ">mink ●<" not in heat and ">mink<" in heat  # every attack kept in the heat map, mink not common
+    entry = next(page for name, page in html.items() if "--kd--dp-sgd" in name)
+    assert "Unusable at this setting" in entry and "This entry lacks mink" in entry
+
+
+def test_rank_by_switch_and_option(tmp_path: Path) -> None:
+    results = write_jsonl(tmp_path / "results.jsonl", grid())
+    assert invoke("build", str(results), "--out", str(tmp_path / "auc")).exit_code == 0
+    assert invoke("build", str(results), "--out", str(tmp_path / "tpr"), "--rank-by", "tpr").exit_code == 0
+    auc, tpr = (pages(tmp_path / name)["synthetic-pii/index.html"] for name in ("auc", "tpr"))
+    for page, shown, hidden in ((auc, "auc", "tpr"), (tpr, "tpr", "auc")):
+        assert f'<div class="by-metric" data-metric="{shown}">' in page
+        assert f'<div class="by-metric" data-metric="{hidden}" hidden>' in page
+        assert f'data-metric="{shown}" aria-pressed="true"' in page
+    assert "Risk TPR@1%FPR" in by_metric(auc, "tpr")
+    assert invoke("build", str(results), "--out", str(tmp_path / "x"), "--rank-by", "bleu").exit_code != 0
+
+
+def test_a_seed_in_two_runs_counts_once_and_conflicts_stop_the_build(tmp_path: Path) -> None:
+    one_seed = [r for r in grid() if r["seed"] == 0]
+    first = write_jsonl(tmp_path / "a.jsonl", one_seed)
+    second = write_jsonl(tmp_path / "b.jsonl", [{**r, "run_id": "run-again"} for r in one_seed])
+    result = invoke("build", str(first), str(second), "--out", str(tmp_path / "site"))
+    assert result.exit_code == 0, result.output
+    assert "5 seed(s) of a configuration appear in several runs" in result.output  # teacher, baseline, 3 students
+    table = by_metric(pages(tmp_path / "site")["synthetic-pii/index.html"], "auc")
+    assert re.findall(r'data-sort="(\d+)">\d+</td>\s*<td data-sort="0">', table) == ["1", "1", "1"]
+    clash = write_jsonl(tmp_path / "c.jsonl", [{**one_seed[0], "run_id": "run-clash", "auc": 0.99}])
+    result = invoke("build", str(first), str(clash), "--out", str(tmp_path / "bad"))
+    assert result.exit_code != 0 and "'run-0'" in result.output and "'run-clash'" in result.output
+    assert not (tmp_path / "bad").exists()

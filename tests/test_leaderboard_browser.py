@@ -119,6 +119,18 @@ def test_task_page_sorts_and_renders_without_console_errors(
     if len(set(ascending)) == len(ascending):
         assert descending_ids == ascending_ids[::-1]
 
+    # The "Rank by" switch swaps the AUC ranking for the TPR@1%FPR one (and back).
+    by_tpr = driver.find_element("css selector", 'table.ranking[data-metric="tpr"]')
+    assert table.is_displayed() and not by_tpr.is_displayed()
+    switch = driver.find_element("css selector", '.metric-switch button[data-metric="tpr"]')
+    switch.click()
+    assert by_tpr.is_displayed() and not table.is_displayed()
+    assert switch.get_attribute("aria-pressed") == "true"
+    tpr_rows = by_tpr.find_elements("css selector", "tbody tr")
+    assert [int(r.find_element("css selector", "td").text) for r in tpr_rows] == list(range(1, len(tpr_rows) + 1))
+    driver.find_element("css selector", '.metric-switch button[data-metric="auc"]').click()
+    assert table.is_displayed() and not by_tpr.is_displayed()
+
     severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
 

@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from kdbench.core.errors import KdbenchError, OutputError
 from kdbench.leaderboard.boards import select_boards, write_grid_files
-from kdbench.leaderboard.ranking import Record, canonical
+from kdbench.leaderboard.ranking import DEFAULT_METRIC, DEFAULT_UTILITY_FLOOR, RISK_METRICS, Record, canonical
 from kdbench.leaderboard.site import build_site, prepare_records
 from kdbench.results.records import load_records, results_files
 
@@ -58,15 +58,50 @@ def leaderboard() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory to write the site to (replaced if it holds a previous build).",
 )
+@click.option(
+    "--rank-by",
+    type=click.Choice(list(RISK_METRICS)),
+    default=DEFAULT_METRIC,
+    show_default=True,
+    help="Risk metric the pages rank by first: the strongest common attack's AUC, or its TPR@1%FPR. "
+    "Both rankings are built; the pages switch between them.",
+)
+@click.option(
+    "--utility-floor",
+    type=click.FloatRange(0.0, 1.0),
+    default=DEFAULT_UTILITY_FLOOR,
+    show_default=True,
+    help="Students with ROUGE-L below this fraction of the no-KD baseline's are 'unusable at this setting': "
+    "ranked after every usable entry, never on the frontier (0 disables).",
+)
 @_MEMBER_TEXT
-def build(results: tuple[Path, ...], out: Path, include_member_text: bool) -> None:
+def build(
+    results: tuple[Path, ...], out: Path, rank_by: str, utility_floor: float, include_member_text: bool
+) -> None:
     """Validate RESULTS (run directories or JSONL files), merge them and write a static site to --out."""
-    report = build_site(list(results), out, include_member_text=include_member_text)
+    report = build_site(
+        list(results), out, include_member_text=include_member_text, metric=rank_by, floor=utility_floor
+    )
     console = _console()
     console.print(
         f"Read {report.records_read} records from {report.files} file(s); "
         f"dropped {report.merge.exact_duplicates} identical, replaced {report.merge.replaced} superseded."
     )
+    if report.shared_seeds:
+        console.print(
+            f"{len(report.shared_seeds)} seed(s) of a configuration appear in several runs with identical "
+            "results; each counts as one replicate."
+        )
+    if report.unusable:
+        console.print(f"{report.unusable} entr(y/ies) below the utility floor: shown as unusable at this setting.")
+    for gap in report.gaps:
+        console.print(
+            f"[yellow]Warning:[/] {escape(gap.task)} ({escape(gap.protocol)}): {len(gap.entries)} entr(y/ies) "
+            f"lack {escape(', '.join(gap.attacks))} and are ranked on the common attacks only. To complete the "
+            "board, run:"
+        )
+        for command in gap.commands:
+            console.print(f"  {escape(command)}")
     if report.member_text_omitted:
         console.print(
             f"Omitted {report.member_text_omitted} member-text field(s) (use --include-member-text)."

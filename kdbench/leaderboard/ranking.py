@@ -1,24 +1,30 @@
-"""Leaderboard ranking: merge records, aggregate replicates, rank cells on the privacy-utility frontier.
+"""Leaderboard ranking: merge records, aggregate seeds, rank cells on the privacy-utility frontier.
 
-Pure logic (no rendering) so the rule that decides who is on top can be tested on its own (DESIGN.md §6).
+Pure logic (no rendering) so the rule that decides who is on top can be tested on its own (DESIGN.md §6);
+docs/leaderboard.md states it for readers.
 
 Identity. Two records measure the same thing when they agree on everything that determines the measurement:
 ``run_id, seed, task, protocol, target, distiller, defense, model, distiller_params, defense_params, attack,
 attack_params``. Later records with the same identity replace earlier ones; identical records are dropped.
 
 Cells. A ranked entry is a student cell: (task, protocol, distiller, defense) plus its configuration (student
-model and distiller/defense parameters), so two settings of one defense (say two DP budgets) are never
-averaged together. A replicate is one (run_id, seed) of a cell.
+model, teacher model, distiller/defense parameters), so two settings of one defense (say two DP budgets) are
+never averaged together. A replicate is a *seed* of a cell, not a run: the same seed in two runs (a cached
+student scored again) is one replicate (``kdbench.leaderboard.replicates`` refuses seeds whose runs disagree).
 
-Aggregation across replicates. Per attack: AUC, TPRs and any other numeric metric are the mean over
-replicates; the AUC CI is the mean of the replicates' bootstrap bounds; the min-max spread across replicates
-is kept beside it. Utility is the mean over replicates of the student's ROUGE-L (its CI likewise, when records
-carry one). Risk is the strongest attack: the highest mean AUC (ties: higher TPR@1%FPR, then name).
+Aggregation across seeds. Per attack: AUC, TPRs and any other numeric metric are the mean over seeds; the AUC CI
+is :func:`kdbench.leaderboard.stats.seed_interval` (seed-to-seed and sampling noise); the min-max spread across
+seeds is kept beside it. Utility is the mean over seeds of the student's ROUGE-L, its CI likewise.
 
-Ranking, per (task, protocol) — protocols are never mixed (METHODS.md §1). Pareto layers on (utility ↑,
-risk ↓): layer 1 is the frontier, layer k+1 the frontier of what is left. Within a layer: lower risk first,
-then higher utility, then the entry's name. Teacher and no-KD baseline cells are reference points, not
-ranked.
+Ranking, per (task, protocol) — protocols are never mixed (METHODS.md §1):
+- risk is the strongest attack *of the board's common set* (the attacks every ranked entry has), by the chosen
+  metric: highest mean AUC, or highest mean TPR@1%FPR;
+- entries below the utility floor (a fraction of the no-KD baseline's ROUGE-L) are "unusable at this setting":
+  ranked after every usable entry and never on the frontier;
+- Pareto layers on (utility ↑, risk ↓): layer 1 is the frontier, layer k+1 the frontier of what is left; within
+  a layer lower risk first, then higher utility, then the entry's name;
+- teacher, no-KD baseline and the cells of the baseline's recipe as a distiller (``sft``) are reference points,
+  never ranked.
 """
 
 from __future__ import annotations
@@ -30,11 +36,19 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
+from kdbench.leaderboard.stats import seed_interval
+
 Record = dict[str, Any]
 
 UNSPECIFIED_PROTOCOL = "unspecified"
 REFERENCE_TARGETS = ("teacher", "baseline")
+# The no-KD baseline's recipe packaged as a distiller (plugins/distillers/sft.py): its cells are references.
+REFERENCE_DISTILLERS = frozenset({"sft"})
 CONFIG_FIELDS = ("model", "distiller_params", "defense_params")
+PROVENANCE_CONFIG_FIELDS = ("teacher_model",)  # models a cell depends on that the record keeps in provenance
+RISK_METRICS = {"auc": "AUC", "tpr": "TPR@1%FPR"}  # name -> label; both rank "higher = riskier"
+DEFAULT_METRIC = "auc"
+DEFAULT_UTILITY_FLOOR = 0.5  # fraction of the no-KD baseline's ROUGE-L below which a student is unusable
 # Fields that say *what* was measured; every other numeric field is a metric to aggregate.
 IDENTITY_FIELDS = (
     "run_id",
@@ -110,7 +124,7 @@ def merge_records(records: Iterable[Record]) -> MergeResult:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over replicates with its (mean bootstrap) CI and the min-max spread across replicates."""
+    """A mean over seeds with its CI (``stats.seed_interval``) and the min-max spread across seeds."""
 
     value: float
     ci: tuple[float, float] | None
@@ -118,12 +132,14 @@ class Estimate:
     n: int
 
 
-def estimate(values: Sequence[float], cis: Sequence[Sequence[float] | None] = ()) -> Estimate:
-    """Aggregate replicate values; the CI is given only when every replicate carries one."""
-    ci: tuple[float, float] | None = None
-    if cis and all(c is not None and len(c) == 2 for c in cis):
-        ci = (fmean(float(c[0]) for c in cis if c), fmean(float(c[1]) for c in cis if c))
-    return Estimate(fmean(values), ci, (min(values), max(values)), len(values))
+def estimate(
+    values: Sequence[float],
+    cis: Sequence[Sequence[float] | None] = (),
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> Estimate:
+    """Aggregate one value per seed; the CI accounts for seed-to-seed variance and each seed's own CI."""
+    pairs = [(float(c[0]), float(c[1])) if c is not None and len(c) == 2 else None for c in cis]
+    return Estimate(fmean(values), seed_interval(values, pairs, bounds), (min(values), max(values)), len(values))
 
 
 @dataclass(frozen=True)
@@ -135,54 +151,89 @@ class CellKey:
     target: str
     distiller: str | None
     defense: str | None
-    config: str  # canonical JSON of CONFIG_FIELDS
+    config: str  # canonical JSON of config_of(record)
 
     @property
     def name(self) -> str:
-        """The human label; reference cells are named by their target."""
+        """The human label; teacher and baseline cells are named by their target."""
         if self.target != "student":
             return self.target
         return f"{self.distiller or '—'} / {self.defense or 'none'}"
 
+    @property
+    def is_reference(self) -> bool:
+        """Teacher, no-KD baseline, and the baseline's recipe run as a distiller: shown, never ranked."""
+        return self.target != "student" or self.distiller in REFERENCE_DISTILLERS
+
     def config_dict(self) -> dict[str, Any]:
-        """The configuration as a dict (model and parameters)."""
+        """The configuration as a dict (models and parameters)."""
         value: dict[str, Any] = json.loads(self.config)
         return value
 
 
+def config_of(record: Record) -> dict[str, Any]:
+    """What a cell's numbers depend on besides its names: models and parameters (teacher only when recorded)."""
+    config = {name: record.get(name) for name in CONFIG_FIELDS}
+    provenance = record.get("provenance") or {}
+    config.update({name: provenance[name] for name in PROVENANCE_CONFIG_FIELDS if name in provenance})
+    return config
+
+
 def cell_key(record: Record) -> CellKey:
     """The cell a record belongs to."""
-    config = canonical({name: record.get(name) for name in CONFIG_FIELDS})
     return CellKey(
         record["task"],
         protocol_of(record),
         record["target"],
         record.get("distiller"),
         record.get("defense"),
-        config,
+        canonical(config_of(record)),
     )
+
+
+def replicate_of(record: Record) -> int:
+    """A record's replicate within its cell: its seed (one seed run twice is still one replicate)."""
+    return int(record["seed"])
+
+
+def by_seed(records: Iterable[Record]) -> dict[int, list[Record]]:
+    """Records grouped by seed, seeds ascending."""
+    groups: dict[int, list[Record]] = defaultdict(list)
+    for record in records:
+        groups[replicate_of(record)].append(record)
+    return dict(sorted(groups.items()))
+
+
+def _seed_means(records: Sequence[Record], name: str) -> list[float]:
+    """One value per seed: the mean of that seed's records (identical ones, once replicates are checked)."""
+    return [fmean(float(r[name]) for r in group) for group in by_seed(records).values()]
 
 
 @dataclass
 class AttackSummary:
-    """One attack (name + parameters) against one cell, aggregated over the cell's replicates."""
+    """One attack (name + parameters) against one cell, aggregated over the cell's seeds."""
 
     attack: str
     params: dict[str, Any]
     auc: Estimate
-    tpr_at_1pct_fpr: float
+    tpr: Estimate  # TPR@1%FPR: mean and spread over seeds; no CI (records carry no sampling CI for it)
     tpr_at_01pct_fpr: float
     metrics: dict[str, float]
     records: list[Record]
     key: str  # attack identity within a board: ``attack_key`` of its records
 
-    def strength(self) -> tuple[float, float, str]:
-        """Sort key for 'strongest': higher AUC, then higher TPR@1%FPR, then name (ascending)."""
-        return (-self.auc.value, -self.tpr_at_1pct_fpr, self.key)
+    @property
+    def tpr_at_1pct_fpr(self) -> float:
+        return self.tpr.value
 
+    def value(self, metric: str) -> float:
+        """The risk metric's value: mean AUC or mean TPR@1%FPR."""
+        return self.auc.value if metric == "auc" else self.tpr.value
 
-def _mean_field(records: Sequence[Record], name: str) -> float:
-    return fmean(float(r[name]) for r in records)
+    def strength(self, metric: str = DEFAULT_METRIC) -> tuple[float, float, str]:
+        """Sort key for 'strongest': higher value of ``metric``, then of the other metric, then name."""
+        other = "tpr" if metric == "auc" else "auc"
+        return (-self.value(metric), -self.value(other), self.key)
 
 
 def _extra_metrics(records: Sequence[Record]) -> dict[str, float]:
@@ -196,15 +247,16 @@ def _is_number(value: Any) -> bool:
 
 
 def summarize_attack(records: Sequence[Record]) -> AttackSummary:
-    """Aggregate one attack's replicate records (mean values, mean CI bounds)."""
+    """Aggregate one attack's records over seeds."""
     first = records[0]
+    seeds = by_seed(records)
     return AttackSummary(
         attack=first["attack"],
         params=dict(first.get("attack_params") or {}),
-        auc=estimate([float(r["auc"]) for r in records], [r.get("auc_ci") for r in records]),
-        tpr_at_1pct_fpr=_mean_field(records, "tpr_at_1pct_fpr"),
-        tpr_at_01pct_fpr=_mean_field(records, "tpr_at_0.1pct_fpr"),
-        metrics=_extra_metrics(records),
+        auc=estimate(_seed_means(records, "auc"), [group[0].get("auc_ci") for group in seeds.values()]),
+        tpr=estimate(_seed_means(records, "tpr_at_1pct_fpr")),
+        tpr_at_01pct_fpr=fmean(_seed_means(records, "tpr_at_0.1pct_fpr")),
+        metrics=_extra_metrics([group[0] for group in seeds.values()]),
         records=list(records),
         key=attack_key(first),
     )
@@ -215,14 +267,9 @@ def attack_key(record: Record) -> str:
     return canonical([record["attack"], record.get("attack_params") or {}])
 
 
-def replicate_of(record: Record) -> tuple[str, int]:
-    """One replicate of a cell: a run and a seed."""
-    return (str(record["run_id"]), int(record["seed"]))
-
-
 @dataclass
 class Cell:
-    """All records of one cell, aggregated: utility, attacks (strongest first) and risk."""
+    """All records of one cell, aggregated: utility and every attack (strongest by AUC first)."""
 
     key: CellKey
     utility: Estimate
@@ -231,34 +278,34 @@ class Cell:
 
     @property
     def strongest(self) -> AttackSummary:
-        """The attack that defines the cell's risk."""
+        """The strongest of all the cell's attacks by AUC (the board's risk uses its common set instead)."""
         return self.attacks[0]
 
     @property
-    def risk(self) -> float:
-        """Mean AUC of the strongest attack."""
-        return self.strongest.auc.value
+    def attack_keys(self) -> frozenset[str]:
+        return frozenset(a.key for a in self.attacks)
+
+    def strongest_of(self, keys: Iterable[str], metric: str = DEFAULT_METRIC) -> AttackSummary | None:
+        """The strongest attack among ``keys`` by ``metric``; None when the cell has none of them."""
+        wanted = set(keys)
+        candidates = [a for a in self.attacks if a.key in wanted]
+        return min(candidates, key=lambda a: a.strength(metric)) if candidates else None
 
     @property
-    def replicates(self) -> list[tuple[str, int]]:
-        """The (run_id, seed) pairs behind this cell, sorted."""
-        return sorted({replicate_of(r) for r in self.records})
+    def replicates(self) -> list[int]:
+        """The seeds behind this cell, ascending."""
+        return list(by_seed(self.records))
 
 
 def _utility(records: Sequence[Record]) -> Estimate:
-    """Mean over replicates of ROUGE-L (all records of a replicate describe the same model)."""
-    by_replicate: dict[tuple[str, int], list[Record]] = defaultdict(list)
-    for record in records:
-        by_replicate[replicate_of(record)].append(record)
-    values = [_mean_field(group, "rouge_l") for group in by_replicate.values()]
-    cis = [
-        next((r["rouge_l_ci"] for r in group if r.get("rouge_l_ci")), None) for group in by_replicate.values()
-    ]
-    return estimate(values, cis)
+    """Mean over seeds of ROUGE-L (all records of a seed describe the same model)."""
+    seeds = by_seed(records)
+    cis = [next((r["rouge_l_ci"] for r in group if r.get("rouge_l_ci")), None) for group in seeds.values()]
+    return estimate(_seed_means(records, "rouge_l"), cis, (0.0, 100.0))
 
 
 def summarize_cell(key: CellKey, records: Sequence[Record]) -> Cell:
-    """Aggregate a cell's records: one AttackSummary per attack variant, strongest first."""
+    """Aggregate a cell's records: one AttackSummary per attack variant, strongest (by AUC) first."""
     by_attack: dict[str, list[Record]] = defaultdict(list)
     for record in records:
         by_attack[attack_key(record)].append(record)
@@ -272,6 +319,12 @@ def group_cells(records: Iterable[Record]) -> list[Cell]:
     for record in records:
         groups[cell_key(record)].append(record)
     return [summarize_cell(key, group) for key, group in groups.items()]
+
+
+def common_attacks(cells: Iterable[Cell]) -> frozenset[str]:
+    """The attacks every one of ``cells`` has (empty for no cells)."""
+    sets = [c.attack_keys for c in cells]
+    return frozenset.intersection(*sets) if sets else frozenset()
 
 
 # ------------------------------------------------------------------------------------------------- ranking
@@ -313,23 +366,35 @@ def _first_non_dominating(best: Sequence[tuple[float, float]], point: tuple[floa
 
 @dataclass
 class RankedEntry:
-    """A student cell with its Pareto layer and its rank within its (task, protocol) board."""
+    """A student cell with its risk on the board's common attacks, its Pareto layer and its rank.
+
+    Layers are counted separately for usable and unusable entries (both start at 1); every usable entry ranks
+    before every unusable one, and only usable entries are on the frontier.
+    """
 
     cell: Cell
-    layer: int
+    attack: AttackSummary  # the strongest attack of the common set by ``metric``: the entry's risk
+    metric: str = DEFAULT_METRIC
+    usable: bool = True
+    layer: int = 0
     rank: int = 0
 
     @property
+    def risk(self) -> float:
+        return self.attack.value(self.metric)
+
+    @property
     def on_frontier(self) -> bool:
-        return self.layer == 1
+        return self.usable and self.layer == 1
 
 
-def tie_break(entry: RankedEntry) -> tuple[int, float, float, str, str, str]:
-    """Order within and across layers: layer, lower risk, higher utility, then name and configuration."""
+def tie_break(entry: RankedEntry) -> tuple[bool, int, float, float, str, str, str]:
+    """Order: usable first, then layer, lower risk, higher utility, then name and configuration."""
     key = entry.cell.key
     return (
+        not entry.usable,
         entry.layer,
-        entry.cell.risk,
+        entry.risk,
         -entry.cell.utility.value,
         key.distiller or "",
         key.defense or "",
@@ -337,13 +402,63 @@ def tie_break(entry: RankedEntry) -> tuple[int, float, float, str, str, str]:
     )
 
 
-def rank_cells(cells: Sequence[Cell]) -> list[RankedEntry]:
-    """Rank student cells of one board: Pareto layers, then the documented tie-break; ranks are 1..n."""
-    layers = pareto_layers([(c.utility.value, c.risk) for c in cells])
-    entries = sorted((RankedEntry(c, layer) for c, layer in zip(cells, layers, strict=True)), key=tie_break)
+def rank_cells(
+    cells: Sequence[Cell],
+    metric: str = DEFAULT_METRIC,
+    common: Iterable[str] | None = None,
+    usable: Sequence[bool] | None = None,
+) -> list[RankedEntry]:
+    """Rank student cells of one board on ``common`` (default: the attacks all of them have); ranks are 1..n.
+
+    Cells without any attack of ``common`` cannot be compared and are left out; ``usable`` (default: all) marks
+    the cells above the utility floor.
+    """
+    keys = common_attacks(cells) if common is None else frozenset(common)
+    flags = list(usable) if usable is not None else [True] * len(cells)
+    entries = []
+    for cell, ok in zip(cells, flags, strict=True):
+        attack = cell.strongest_of(keys, metric)
+        if attack is not None:
+            entries.append(RankedEntry(cell, attack, metric, ok))
+    for group in (True, False):
+        members = [e for e in entries if e.usable is group]
+        layers = pareto_layers([(e.cell.utility.value, e.risk) for e in members])
+        for entry, layer in zip(members, layers, strict=True):
+            entry.layer = layer
+    entries.sort(key=tie_break)
     for position, entry in enumerate(entries, start=1):
         entry.rank = position
     return entries
+
+
+@dataclass(frozen=True)
+class UtilityFloor:
+    """Students below ``fraction`` × the no-KD baseline's ROUGE-L are unusable at this setting."""
+
+    fraction: float
+    baseline: Cell | None  # the cell whose utility defines the floor (None: no baseline, no floor)
+
+    @property
+    def threshold(self) -> float | None:
+        if self.baseline is None or self.fraction <= 0:
+            return None
+        return self.fraction * self.baseline.utility.value
+
+    def admits(self, cell: Cell) -> bool:
+        threshold = self.threshold
+        return threshold is None or cell.utility.value >= threshold
+
+
+def _floor_baseline(references: Sequence[Cell]) -> Cell | None:
+    """The board's no-KD baseline: the ``baseline`` target, else the ``sft`` distiller without a defense."""
+    for wanted in (
+        lambda k: k.target == "baseline",
+        lambda k: k.distiller in REFERENCE_DISTILLERS and k.defense in (None, "none"),
+    ):
+        found = [c for c in references if wanted(c.key)]
+        if found:
+            return max(found, key=lambda c: c.utility.n)  # the best-measured one when several
+    return None
 
 
 @dataclass
@@ -352,31 +467,65 @@ class Board:
 
     task: str
     protocol: str
-    entries: list[RankedEntry] = field(default_factory=list)
+    metric: str = DEFAULT_METRIC  # the ranking shown first
+    rankings: dict[str, list[RankedEntry]] = field(default_factory=dict)  # per risk metric
     references: list[Cell] = field(default_factory=list)
+    common: frozenset[str] = frozenset()  # attack keys every student entry has
+    attacks: frozenset[str] = frozenset()  # attack keys any student entry has
+    unranked: list[Cell] = field(default_factory=list)  # students with none of the common attacks
+    floor: UtilityFloor = field(default_factory=lambda: UtilityFloor(DEFAULT_UTILITY_FLOOR, None))
+
+    @property
+    def entries(self) -> list[RankedEntry]:
+        """The ranking by the board's default metric."""
+        return self.rankings.get(self.metric, [])
 
     @property
     def frontier(self) -> list[RankedEntry]:
         return [e for e in self.entries if e.on_frontier]
 
+    @property
+    def students(self) -> list[Cell]:
+        return [e.cell for e in self.entries] + self.unranked
 
-def build_boards(records: Iterable[Record]) -> list[Board]:
-    """Group records into boards sorted by (task, protocol); rank the students, keep references apart."""
+    def missing(self, cell: Cell) -> list[str]:
+        """Attack keys other entries of the board have and ``cell`` lacks."""
+        return sorted(self.attacks - cell.attack_keys)
+
+    def reference_attack(self, cell: Cell, metric: str = DEFAULT_METRIC) -> AttackSummary:
+        """A reference's risk: the strongest of the common attacks, else (not comparable) of its own."""
+        found = cell.strongest_of(self.common, metric)
+        return found or min(cell.attacks, key=lambda a: a.strength(metric))
+
+
+def _reference_order(cell: Cell) -> tuple[int, str, str]:
+    target = cell.key.target
+    return (REFERENCE_TARGETS.index(target) if target in REFERENCE_TARGETS else 99, cell.key.name, cell.key.config)
+
+
+def build_boards(
+    records: Iterable[Record], metric: str = DEFAULT_METRIC, floor: float = DEFAULT_UTILITY_FLOOR
+) -> list[Board]:
+    """Group records into boards sorted by (task, protocol); rank the students both ways, keep references apart."""
+    if metric not in RISK_METRICS:
+        raise ValueError(f"unknown risk metric {metric!r}; expected one of {', '.join(RISK_METRICS)}")
     boards: dict[tuple[str, str], Board] = {}
     students: dict[tuple[str, str], list[Cell]] = defaultdict(list)
     for cell in group_cells(records):
         board_key = (cell.key.task, cell.key.protocol)
-        board = boards.setdefault(board_key, Board(*board_key))
-        if cell.key.target == "student":
-            students[board_key].append(cell)
-        else:
+        board = boards.setdefault(board_key, Board(*board_key, metric=metric))
+        if cell.key.is_reference:
             board.references.append(cell)
+        else:
+            students[board_key].append(cell)
     for board_key, board in boards.items():
-        board.entries = rank_cells(students[board_key])
-        board.references.sort(
-            key=lambda c: (
-                REFERENCE_TARGETS.index(c.key.target) if c.key.target in REFERENCE_TARGETS else 99,
-                c.key.config,
-            )
-        )
+        cells = students[board_key]
+        board.references.sort(key=_reference_order)
+        board.floor = UtilityFloor(floor, _floor_baseline(board.references))
+        board.common = common_attacks(cells)
+        board.attacks = frozenset().union(*(c.attack_keys for c in cells))
+        usable = [board.floor.admits(c) for c in cells]
+        board.rankings = {m: rank_cells(cells, m, board.common, usable) for m in RISK_METRICS}
+        ranked = {e.cell.key for e in board.entries}
+        board.unranked = [c for c in cells if c.key not in ranked]
     return [boards[k] for k in sorted(boards)]

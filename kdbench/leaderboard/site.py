@@ -30,7 +30,11 @@ from markupsafe import Markup
 
 from kdbench.core.errors import KdbenchError, OutputError
 from kdbench.core.version import __version__
+from kdbench.leaderboard.completion import Gap, gaps
 from kdbench.leaderboard.ranking import (
+    DEFAULT_METRIC,
+    DEFAULT_UTILITY_FLOOR,
+    RISK_METRICS,
     AttackSummary,
     Board,
     Cell,
@@ -40,11 +44,12 @@ from kdbench.leaderboard.ranking import (
     Record,
     attack_key,
     build_boards,
+    by_seed,
     canonical,
     merge_records,
     protocol_of,
-    replicate_of,
 )
+from kdbench.leaderboard.replicates import SharedSeed, check_replicates
 from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
 
 if sys.version_info >= (3, 11):
@@ -107,10 +112,22 @@ class BuildReport:
     boards: int = 0
     entries: int = 0
     pages: int = 0
+    shared_seeds: list[SharedSeed] = field(default_factory=list)  # seeds found in several (agreeing) runs
+    gaps: list[Gap] = field(default_factory=list)  # attacks some entries lack, with what to run
+    unusable: int = 0  # entries below the utility floor
 
 
-def build_site(paths: Sequence[Path], out: Path, *, include_member_text: bool = False) -> BuildReport:
-    """Validate and merge the results files, then write the site to ``out`` (replacing a previous build)."""
+def build_site(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    include_member_text: bool = False,
+    metric: str = DEFAULT_METRIC,
+    floor: float = DEFAULT_UTILITY_FLOOR,
+) -> BuildReport:
+    """Validate and merge the results files, check replicates, then write the site to ``out`` (replacing a
+    previous build). ``metric`` is the risk metric the pages rank by first; ``floor`` the utility floor as a
+    fraction of the no-KD baseline's ROUGE-L."""
     files = results_files(paths)
     raw = load_records(files)
     if not raw:
@@ -118,8 +135,11 @@ def build_site(paths: Sequence[Path], out: Path, *, include_member_text: bool = 
     records, omitted = prepare_records(raw, include_member_text)
     merge = merge_records(records)
     report = BuildReport(out, len(files), len(raw), merge, omitted)
-    boards = build_boards([r for r in merge.records if not r.get("reference")])  # blind is no attack: never ranked
+    report.shared_seeds = check_replicates(merge.records)
+    boards = build_boards([r for r in merge.records if not r.get("reference")], metric, floor)  # blind: no attack
     report.boards, report.entries = len(boards), sum(len(b.entries) for b in boards)
+    report.unusable = sum(1 for b in boards for e in b.entries if not e.usable)
+    report.gaps = gaps(boards, {k: v for b in boards for k, v in attack_labels(b.students).items()})
     report.pages = _write_atomically(
         out, lambda tmp: render_site(boards, merge.records, tmp, include_member_text)
     )
@@ -356,54 +376,92 @@ def _axes(chart: Chart, x: Scale, y: Scale, x_digits: int, y_digits: int) -> Cha
     return chart
 
 
-def _cell_title(cell: Cell, extra: str = "") -> str:
-    strongest = cell.strongest
+def _risk_text(attack: AttackSummary, metric: str) -> str:
+    """'AUC 0.713 [0.68, 0.75] (mink++), TPR@1%FPR 0.120' with the ranking metric first."""
+    auc = f"AUC {attack.auc.value:.3f} {fmt_ci(attack.auc.ci)}".rstrip()
+    tpr = f"TPR@1%FPR {attack.tpr.value:.3f}"
+    first, second = (auc, tpr) if metric == "auc" else (tpr, auc)
+    return f"{first} ({attack.attack}), {second}"
+
+
+def _cell_title(cell: Cell, attack: AttackSummary, metric: str, extra: str = "") -> str:
+    spread = f" (seeds {fmt_ci(attack.auc.spread)})" if attack.auc.n > 1 else ""
     return (
         f"{cell.key.name}{extra}\nROUGE-L {cell.utility.value:.2f} {fmt_ci(cell.utility.ci, 2)}\n"
-        f"risk AUC {strongest.auc.value:.3f} {fmt_ci(strongest.auc.ci)} ({strongest.attack}), "
-        f"TPR@1%FPR {strongest.tpr_at_1pct_fpr:.3f}\nreplicates: {len(cell.replicates)}"
+        f"risk {_risk_text(attack, metric)}{spread}\nreplicates (seeds): {len(cell.replicates)}"
     )
 
 
-def _marker(cell: Cell, x: Scale, y: Scale, shape: str, css: str, title: str, href: str | None) -> Marker:
-    auc, util = cell.strongest.auc, cell.utility
-    px, py = x(auc.value), y(util.value)
+def _risk_interval(attack: AttackSummary, metric: str) -> tuple[float, tuple[float, float] | None]:
+    """The risk and its whisker: the AUC's CI, or TPR@1%FPR's spread over seeds (it has no CI)."""
+    if metric == "auc":
+        return attack.auc.value, attack.auc.ci
+    return attack.tpr.value, attack.tpr.spread if attack.tpr.n > 1 else None
+
+
+def _marker(
+    cell: Cell, attack: AttackSummary, metric: str, x: Scale, y: Scale, style: tuple[str, str], title: str,
+    href: str | None,
+) -> Marker:
+    """A point at (risk, utility) with whiskers: the risk's CI (AUC) or seed spread (TPR), the utility's CI."""
+    risk, interval = _risk_interval(attack, metric)
+    util = cell.utility
+    px, py = x(risk), y(util.value)
     whiskers = []
-    if auc.ci:
-        whiskers.append((x(auc.ci[0]), py, x(auc.ci[1]), py))
+    if interval:
+        whiskers.append((x(interval[0]), py, x(interval[1]), py))
     if util.ci:
         whiskers.append((px, y(util.ci[0]), px, y(util.ci[1])))
-    return Marker(px, py, shape, css, title, href, tuple(whiskers))
+    return Marker(px, py, style[0], style[1], title, href, tuple(whiskers))
 
 
-def frontier_chart(board: Board, hrefs: dict[CellKey, str]) -> Chart:
-    """Risk (strongest-attack AUC) against utility (ROUGE-L): entries, CI whiskers, frontier, references."""
+REFERENCE_STYLE = {"teacher": ("square", "pt ref teacher"), "baseline": ("triangle", "pt ref baseline")}
+SFT_STYLE = ("triangle", "pt ref sft")
+
+
+def frontier_chart(board: Board, entries: Sequence[RankedEntry], metric: str, hrefs: dict[CellKey, str]) -> Chart:
+    """Risk (strongest common attack) against utility (ROUGE-L): entries, whiskers, frontier, floor, references."""
+    label = RISK_METRICS[metric]
     chart = Chart(
-        f"Privacy-utility frontier: {board.task} ({board.protocol})",
-        "risk: strongest-attack AUC against the student (lower is better)",
+        f"Privacy-utility frontier by {label}: {board.task} ({board.protocol})",
+        f"risk: strongest common attack's {label} against the student (lower is better)",
         "utility: ROUGE-L",
     )
-    cells = [e.cell for e in board.entries] + board.references
-    x_values = [v for c in cells for v in (c.risk, *(c.strongest.auc.ci or ()))]
-    y_values = [v for c in cells for v in (c.utility.value, *(c.utility.ci or ()))]
+    points = [(e.cell, e.attack) for e in entries] + [(r, board.reference_attack(r, metric)) for r in board.references]
+    risks = [_risk_interval(a, metric) for _, a in points]
+    x_values = [v for risk, interval in risks for v in (risk, *(interval or ()))]
+    y_values = [v for c, _ in points for v in (c.utility.value, *(c.utility.ci or ()))]
+    threshold = board.floor.threshold
+    if threshold is not None:
+        y_values.append(threshold)
     x = Scale(*padded_domain(x_values, 0.0, 1.0, 0.1), chart.box[0], chart.box[2])
     y = Scale(*padded_domain(y_values, 0.0, 100.0, 5.0), chart.box[3], chart.box[1])
-    frontier = sorted(board.frontier, key=lambda e: e.cell.risk)
+    if threshold is not None:
+        floor_line = f"{chart.box[0]:.1f},{y(threshold):.1f} {chart.box[2]:.1f},{y(threshold):.1f}"
+        chart.guides.append(Line(floor_line, "guide floor", f"utility floor: ROUGE-L {threshold:.2f}"))
+    frontier = sorted((e for e in entries if e.on_frontier), key=lambda e: e.risk)
     if len(frontier) > 1:
-        points = " ".join(f"{x(e.cell.risk):.1f},{y(e.cell.utility.value):.1f}" for e in frontier)
-        chart.lines.append(Line(points, "frontier-line", "Pareto frontier (layer 1)"))
-    for entry in reversed(board.entries):  # frontier drawn last, on top
-        css = "pt frontier" if entry.on_frontier else "pt dominated"
-        title = _cell_title(entry.cell, f" — rank {entry.rank}, layer {entry.layer}")
-        chart.markers.append(_marker(entry.cell, x, y, "circle", css, title, hrefs.get(entry.cell.key)))
+        line = " ".join(f"{x(e.risk):.1f},{y(e.cell.utility.value):.1f}" for e in frontier)
+        chart.lines.append(Line(line, "frontier-line", "Pareto frontier (layer 1)"))
+    for entry in reversed(entries):  # frontier drawn last, on top
+        css = "pt frontier" if entry.on_frontier else ("pt dominated" if entry.usable else "pt unusable")
+        status = f"layer {entry.layer}" if entry.usable else "unusable at this setting"
+        title = _cell_title(entry.cell, entry.attack, metric, f" — rank {entry.rank}, {status}")
+        chart.markers.append(
+            _marker(entry.cell, entry.attack, metric, x, y, ("circle", css), title, hrefs.get(entry.cell.key))
+        )
     for ref in board.references:
-        shape = "square" if ref.key.target == "teacher" else "triangle"
-        chart.markers.append(_marker(ref, x, y, shape, f"pt ref {ref.key.target}", _cell_title(ref), None))
+        style = REFERENCE_STYLE.get(ref.key.target, SFT_STYLE)
+        attack = board.reference_attack(ref, metric)
+        title = _cell_title(ref, attack, metric, " — reference, not ranked")
+        chart.markers.append(_marker(ref, attack, metric, x, y, style, title, None))
     chart.legend = [
         ("pt frontier", "circle", "frontier (layer 1)"),
         ("pt dominated", "circle", "dominated"),
+        ("pt unusable", "circle", "unusable (below the utility floor)"),
         ("pt ref teacher", "square", "teacher"),
         ("pt ref baseline", "triangle", "no-KD baseline"),
+        ("pt ref sft", "triangle", "sft distiller (baseline recipe)"),
     ]
     return _axes(chart, x, y, 2, 1 if y.hi - y.lo < 20 else 0)
 
@@ -413,7 +471,7 @@ def _downsample(values: Sequence[float], keep: Sequence[int]) -> list[float]:
 
 
 def roc_chart(summary: AttackSummary, label: str) -> Chart | None:
-    """ROC curves of one attack, one line per replicate, from the records' ``roc`` field when present."""
+    """ROC curves of one attack, one line per seed, from the records' ``roc`` field when present."""
     chart = Chart(
         f"ROC: {label}",
         "false positive rate",
@@ -424,7 +482,7 @@ def roc_chart(summary: AttackSummary, label: str) -> Chart | None:
     )
     x, y = Scale(0.0, 1.0, chart.box[0], chart.box[2]), Scale(0.0, 1.0, chart.box[3], chart.box[1])
     chart.guides.append(Line(f"{x(0):.1f},{y(0):.1f} {x(1):.1f},{y(1):.1f}", "guide", "chance"))
-    for record in summary.records:
+    for record in (group[0] for group in by_seed(summary.records).values()):
         roc = record.get("roc") or {}
         fpr, tpr = roc.get("fpr"), roc.get("tpr")
         if not (isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr) >= 2):
@@ -439,10 +497,8 @@ def roc_chart(summary: AttackSummary, label: str) -> Chart | None:
         # Both domains are [0, 1]: scale inline, this loop dominates large builds.
         (x0, dx), (y0, dy) = (x.px_lo, x.px_hi - x.px_lo), (y.px_lo, y.px_hi - y.px_lo)
         points = " ".join([f"{x0 + a * dx:.1f},{y0 + b * dy:.1f}" for a, b in pairs])
-        run_id, seed = replicate_of(record)
-        chart.lines.append(
-            Line(points, "roc-line", f"{label}: run {run_id}, seed {seed}, AUC {record['auc']:.3f}")
-        )
+        title = f"{label}: seed {record['seed']} (run {record['run_id']}), AUC {record['auc']:.3f}"
+        chart.lines.append(Line(points, "roc-line", title))
     return _axes(chart, x, y, 1, 1) if chart.lines else None
 
 
@@ -510,11 +566,11 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def variant_labels(entries: Sequence[RankedEntry]) -> dict[CellKey, str]:
+def variant_labels(cells: Sequence[Cell]) -> dict[CellKey, str]:
     """For entries that share a name, the configuration values that tell them apart."""
     by_name: dict[str, list[CellKey]] = defaultdict(list)
-    for entry in entries:
-        by_name[entry.cell.key.name].append(entry.cell.key)
+    for cell in cells:
+        by_name[cell.key.name].append(cell.key)
     labels: dict[CellKey, str] = {}
     for keys in by_name.values():
         flats = {key: _flatten(key.config_dict()) for key in keys}
@@ -531,13 +587,15 @@ class HeatRow:
     href: str | None
     reference: bool
     values: list[float | None]
+    note: str = ""  # "unusable", "not ranked" ...
 
 
 @dataclass
 class HeatMap:
-    """Student AUC per entry (rows) and attack (columns), references first."""
+    """Student AUC per entry (rows) and attack (columns, every attack), references first."""
 
     columns: list[str]
+    common: list[bool]  # per column: in the board's common attack set (the ranking uses only these)
     rows: list[HeatRow]
 
 
@@ -549,14 +607,25 @@ def heat_map(
     rows = []
     for cell in board.references:
         auc = {a.key: a.auc.value for a in cell.attacks}
-        rows.append(HeatRow(cell.key.name, None, True, [auc.get(k) for k in keys]))
-    for entry in board.entries:
-        auc = {a.key: a.auc.value for a in entry.cell.attacks}
-        name = entry.cell.key.name + (
-            f" [{variants[entry.cell.key]}]" if variants.get(entry.cell.key) else ""
-        )
-        rows.append(HeatRow(name, hrefs[entry.cell.key], False, [auc.get(k) for k in keys]))
-    return HeatMap([labels[k] for k in keys], rows)
+        rows.append(HeatRow(cell.key.name, None, True, [auc.get(k) for k in keys], "reference"))
+    students = [(e.cell, "" if e.usable else "unusable") for e in board.entries]
+    students += [(cell, "not ranked") for cell in board.unranked]
+    for cell, note in students:
+        auc = {a.key: a.auc.value for a in cell.attacks}
+        name = cell.key.name + (f" [{variants[cell.key]}]" if variants.get(cell.key) else "")
+        rows.append(HeatRow(name, hrefs[cell.key], False, [auc.get(k) for k in keys], note))
+    return HeatMap([labels[k] for k in keys], [k in board.common for k in keys], rows)
+
+
+@dataclass
+class RankingView:
+    """One ranking of a board (by AUC or by TPR@1%FPR): its entries and frontier chart."""
+
+    metric: str
+    label: str
+    entries: list[RankedEntry]
+    chart: Chart
+    shown: bool  # the build's --rank-by: visible without the page's switch
 
 
 @dataclass
@@ -565,41 +634,55 @@ class BoardView:
 
     board: Board
     anchor: str
-    chart: Chart
+    rankings: list[RankingView]
     heat: HeatMap
     variants: dict[CellKey, str]
     hrefs: dict[CellKey, str]
     attack_labels: dict[str, str]
-    shift: list[tuple[str, str]] = field(default_factory=list)  # (baseline, "AUC [CI] (n replicates)")
+    common: list[str]  # labels of the common attack set
+    missing: dict[CellKey, list[str]]  # labels of the attacks each student lacks
+    shift: list[tuple[str, str]] = field(default_factory=list)  # (baseline, "AUC [CI] (n seeds)")
+
+    @property
+    def chart(self) -> Chart:
+        """The frontier chart of the ranking shown first."""
+        return next(r.chart for r in self.rankings if r.shown)
 
 
 def shift_baselines(board: Board, records: Sequence[Record]) -> list[tuple[str, str]]:
-    """The reference baselines (``blind``) of the board's task and protocol: mean AUC and CI over replicates,
-    once per replicate (they see no model, so every target of a replicate has the same value)."""
-    found: dict[str, dict[tuple[str, int], Record]] = defaultdict(dict)
+    """The reference baselines (``blind``) of the board's task and protocol: mean AUC and CI over seeds, once per
+    seed (they see no model, so every target of a seed has the same value)."""
+    found: dict[str, dict[int, Record]] = defaultdict(dict)
     for r in records:
         if r.get("reference") and r["task"] == board.task and protocol_of(r) == board.protocol:
-            found[r["attack"]].setdefault((r["run_id"], r["seed"]), r)
+            found[r["attack"]].setdefault(r["seed"], r)
     out = []
-    for attack, by_replicate in sorted(found.items()):
-        rows = list(by_replicate.values())
+    for attack, by_seed_record in sorted(found.items()):
+        rows = list(by_seed_record.values())
         ci = (fmean(r["auc_ci"][0] for r in rows), fmean(r["auc_ci"][1] for r in rows))
-        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {fmt_ci(ci)} ({len(rows)} replicates)"))
+        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {fmt_ci(ci)} ({len(rows)} seeds)"))
     return out
 
 
 def board_view(board: Board, records: Sequence[Record] = ()) -> BoardView:
-    hrefs = {e.cell.key: entry_file(e.cell.key) for e in board.entries}
-    cells = [e.cell for e in board.entries] + board.references
-    labels, variants = attack_labels(cells), variant_labels(board.entries)
+    students = board.students
+    hrefs = {c.key: entry_file(c.key) for c in students}
+    labels, variants = attack_labels(students + board.references), variant_labels(students)
+    rankings = [
+        RankingView(m, label, board.rankings[m], frontier_chart(board, board.rankings[m], m, hrefs), m == board.metric)
+        for m, label in RISK_METRICS.items()
+    ]
+    rankings.sort(key=lambda r: not r.shown)  # the default ranking first in the page
     return BoardView(
         board,
         slug(board.protocol),
-        frontier_chart(board, hrefs),
+        rankings,
         heat_map(board, labels, variants, hrefs),
         variants,
         hrefs,
         labels,
+        sorted(labels[k] for k in board.common),
+        {c.key: [labels[k] for k in board.missing(c)] for c in students},
         shift_baselines(board, records),
     )
 
@@ -614,8 +697,10 @@ class ProvenanceGroup:
 
 @dataclass
 class ReplicateView:
-    run_id: str
+    """One seed of a cell: the runs that measured it (agreeing, or the build would have stopped)."""
+
     seed: int
+    runs: list[str]
     groups: list[ProvenanceGroup]
 
 
@@ -640,28 +725,25 @@ def _provenance_fields(record: Record) -> dict[str, Any]:
 
 
 def replicate_views(cell: Cell, labels: dict[str, str]) -> list[ReplicateView]:
-    """Per (run, seed): the distinct provenance blocks and which attacks carry each."""
-    by_replicate: dict[tuple[str, int], list[Record]] = defaultdict(list)
-    for record in cell.records:
-        by_replicate[replicate_of(record)].append(record)
+    """Per seed: the runs behind it, the distinct provenance blocks and which attacks carry each."""
     views = []
-    for (run_id, seed), records in sorted(by_replicate.items()):
+    for seed, records in by_seed(cell.records).items():
         groups: dict[str, ProvenanceGroup] = {}
         for record in records:
-            fields = _provenance_fields(record)
+            fields = {"run_id": record["run_id"], **_provenance_fields(record)}
             group = groups.setdefault(canonical(fields), ProvenanceGroup([], fields))
             group.attacks.append(labels.get(attack_key(record)) or str(record["attack"]))
-        views.append(ReplicateView(run_id, seed, list(groups.values())))
+        views.append(ReplicateView(seed, sorted({str(r["run_id"]) for r in records}), list(groups.values())))
     return views
 
 
 def _first_per_replicate(cell: Cell, get: Callable[[Record], Any]) -> list[Any]:
-    """One value per replicate (the first record that has it): model-level data repeated on each attack."""
-    seen: dict[tuple[str, int], Any] = {}
-    for record in cell.records:
-        value = get(record)
-        if value is not None and replicate_of(record) not in seen:
-            seen[replicate_of(record)] = value
+    """One value per seed (the first record that has it): model-level data repeated on each attack."""
+    seen: dict[int, Any] = {}
+    for seed, records in by_seed(cell.records).items():
+        value = next((v for v in map(get, records) if v is not None), None)
+        if value is not None:
+            seen[seed] = value
     return list(seen.values())
 
 
@@ -768,22 +850,30 @@ def render_site(
     for board in boards:
         tasks[board.task].append(board_view(board, records))
     task_dirs = {task: slug(task) for task in tasks}
-    renderer.page("index.html", "index.html", "", tasks=tasks, task_dirs=task_dirs, n_records=len(records))
+    first = boards[0] if boards else None
+    renderer.page(
+        "index.html",
+        "index.html",
+        "",
+        tasks=tasks,
+        task_dirs=task_dirs,
+        n_records=len(records),
+        metric_label=RISK_METRICS[first.metric if first else DEFAULT_METRIC],
+        floor=first.floor.fraction if first else DEFAULT_UTILITY_FLOOR,
+    )
     for task, views in tasks.items():
         renderer.page("task.html", f"{task_dirs[task]}/index.html", "../", task=task, views=views)
         for view in views:
-            for entry in view.board.entries:
-                _render_entry(renderer, task_dirs[task], view, entry, include_member_text)
+            for cell in view.board.students:
+                _render_entry(renderer, task_dirs[task], view, cell, include_member_text)
     with (out / "results.jsonl").open("w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True, allow_nan=False) + "\n")
     return renderer.pages
 
 
-def _render_entry(
-    renderer: Renderer, task_dir: str, view: BoardView, entry: RankedEntry, include_member_text: bool
-) -> None:
-    cell = entry.cell
+def _render_entry(renderer: Renderer, task_dir: str, view: BoardView, cell: Cell, include_member_text: bool) -> None:
+    ranks = [(r, next((e for e in r.entries if e.cell.key == cell.key), None)) for r in view.rankings]
     blocks = per_block_values(cell)
     renderer.page(
         "entry.html",
@@ -791,7 +881,9 @@ def _render_entry(
         "../../",
         view=view,
         board=view.board,
-        entry=entry,
+        entry=ranks[0][1],  # in the ranking shown first; None when the board's common attacks are not this cell's
+        ranks=ranks,
+        missing=view.missing[cell.key],
         cell=cell,
         variant=view.variants.get(cell.key, ""),
         attacks=attack_views(cell, view.attack_labels),

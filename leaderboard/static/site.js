@@ -1,4 +1,4 @@
-// kdbench leaderboard: sortable tables. Inlined into every page; vanilla JS, no dependencies.
+// kdbench leaderboard: sortable tables and the risk-metric switch. Inlined into every page; vanilla JS, no dependencies.
 (function () {
   "use strict";
 
@@ -46,5 +46,19 @@
     table.querySelectorAll("thead th[data-type]").forEach(function (header) {
       header.addEventListener("click", function () { sortBy(table, header); });
     });
+  });
+
+  // "Rank by": show the rankings (chart + table) of one risk metric everywhere on the page, hide the others.
+  function showMetric(metric) {
+    document.querySelectorAll(".by-metric").forEach(function (view) {
+      view.hidden = view.getAttribute("data-metric") !== metric;
+    });
+    document.querySelectorAll(".metric-switch button").forEach(function (button) {
+      button.setAttribute("aria-pressed", String(button.getAttribute("data-metric") === metric));
+    });
+  }
+
+  document.querySelectorAll(".metric-switch button").forEach(function (button) {
+    button.addEventListener("click", function () { showMetric(button.getAttribute("data-metric")); });
   });
 })();
