@@ -46,7 +46,7 @@ def task_file(directory: Path, size: int, data_dir: Path) -> Path:
     }
     task["models"] = {
         "teacher": "builtin:gpt2-tiny-teacher", "student": "builtin:gpt2-tiny-student", "vocab_size": 2000,
-        "max_prompt_tokens": 256, "max_total_tokens": 512,
+        "max_prompt_tokens": 192, "max_total_tokens": 256,  # the tiny models hold 256 positions
     }
     recipe = {"lr": 2.0e-3, "epochs": 1, "batch_size": 16}
     task["training"] = {"teacher": recipe, "baseline": recipe, "student": recipe}
@@ -73,6 +73,8 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"kdbench run failed for size {size}:\n{stderr[-4000:]}")
         info = json.loads((work / "out" / "run.json").read_text())
+        if info["failures"]:
+            raise SystemExit(f"size {size}: {info['failures'][0]['error']}\n{info['failures'][0]['traceback']}")
         stages = {k: v for k, v in info["wall_time_per_stage"].items() if " " in k or not k.startswith("dolly")}
         return {
             "size": size,
