@@ -8,7 +8,7 @@ Targets (issue 21): peak RSS sub-linear (ideally flat beyond the models and one 
 most linear.
 
     nice python benchmarks/scaling.py --data-dir ../shared/data [--sizes 500,1500,5500] [--distiller kd]
-        [--attack loss,mink,zlib] [--json out.json]
+        [--attack loss,mink,zlib] [--teacher-outputs cached|live|auto] [--json out.json]
 
 The Dolly file is read in place (never copied); the task file points at it through ``--data-dir``.
 """
@@ -59,7 +59,7 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"kdbench-scaling-{size}-") as tmp:
         work = Path(tmp)
         task = task_file(work, size, args.data_dir)
-        env = {**os.environ, "KDBENCH_CACHE_DIR": str(work / "cache")}
+        env = {**os.environ, "KDBENCH_CACHE_DIR": str(work / "cache"), "KDBENCH_TEACHER_OUTPUTS": args.teacher_outputs}
         command = [
             sys.executable, "-m", "kdbench", "run", "--task", str(task), "--distiller", args.distiller,
             "--attack", args.attack, "--data-dir", str(args.data_dir), "--out", str(work / "out"),
@@ -75,7 +75,7 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
         info = json.loads((work / "out" / "run.json").read_text())
         if info["failures"]:
             raise SystemExit(f"size {size}: {info['failures'][0]['error']}\n{info['failures'][0]['traceback']}")
-        stages = {k: v for k, v in info["wall_time_per_stage"].items() if " " in k or not k.startswith("dolly")}
+        stages = {("cell (distil + attack)" if " seed=" in k else k): v for k, v in info["wall_time_per_stage"].items()}
         return {
             "size": size,
             "wall_s": round(wall, 1),
@@ -139,6 +139,8 @@ def main() -> None:
     parser.add_argument("--attack", default="loss,mink,zlib")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--teacher-outputs", choices=["cached", "live", "auto"], default="cached",
+                        help="the teacher's source in the cell (default cached: the cache's cost is measured)")
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
     if not (args.data_dir / DOLLY).is_file():

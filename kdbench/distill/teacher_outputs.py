@@ -16,7 +16,7 @@ Adaptive truncation: each position keeps the smallest k whose dropped mass is at
 ``TAIL_BOUND`` = 0.05), at most ``k`` tokens (``DEFAULT_TOP_K``: above any vocabulary, so the bound always holds; a
 peaked position keeps a handful of tokens, a flat one as many as it needs, up to the whole vocabulary). The
 stored distribution is then within total variation ε of the teacher's at every position, so every KD loss on it
-is within ``TOLERANCE`` of the loss on the full logits (bound and measurements in docs/distillers.md, "Cached
+is within ``TOLERANCE`` of the loss on the full logits (bound and measurements in docs/running.md, "Teacher outputs
 teacher outputs"). A vocabulary small enough that the whole distribution costs no more is stored whole anyway.
 
 Storage (written in pieces as the teacher pass goes, never held whole): ``indices.bin`` (uint16 when the vocabulary
@@ -57,7 +57,7 @@ TAIL_BOUND = 0.05
 """ε: the teacher mass a position may leave out (its stored distribution is within total variation ε)."""
 TOLERANCE = 2.5e-2
 """|cached loss − full-logit loss| (nats per token) at ``TAIL_BOUND``, for fkl, jsd and srkl on the default task:
-above the largest gap measured there (docs/distillers.md); the top-512 float32 cache it replaced needed the same."""
+above the largest gap measured there (docs/running.md); the top-512 float32 cache it replaced needed the same."""
 STAGE_VERSION = 2
 SOURCE_ENV = "KDBENCH_TEACHER_OUTPUTS"
 """Force a source for every cell: ``cached`` or ``live`` (default ``auto``: measured, see :func:`teacher_hook`)."""
