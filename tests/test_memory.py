@@ -211,7 +211,7 @@ def test_teacher_outputs_are_unchanged_by_out_of_memory(tmp_path: Path) -> None:
     compute_teacher_outputs(j, j.data, tmp_path / "fitted", k=16, batch_size=16)
     assert device.seen[:3] == [16, 8, 4] and max(device.seen[3:]) == 2
     # the chunks that ran out of memory wrote nothing: the files are the same entries, in the same order
-    for name in ("rows.npy", "offsets.npy", "indices.bin", "meta.json"):
+    for name in ("counts.npy", "firsts.npy", "offsets.npy", "indices.bin", "meta.json"):
         assert (tmp_path / "fitted" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     fitted = np.fromfile(tmp_path / "fitted" / "probs.bin", np.float16).astype(np.float32)
     reference = np.fromfile(tmp_path / "reference" / "probs.bin", np.float16).astype(np.float32)
