@@ -58,7 +58,7 @@ TAIL_BOUND = 0.05
 TOLERANCE = 2.5e-2
 """|cached loss − full-logit loss| (nats per token) at ``TAIL_BOUND``, for fkl, jsd and srkl on the default task:
 above the largest gap measured there (docs/running.md); the top-512 float32 cache it replaced needed the same."""
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 SOURCE_ENV = "KDBENCH_TEACHER_OUTPUTS"
 """Force a source for every cell: ``cached`` or ``live`` (default ``auto``: measured, see :func:`teacher_hook`)."""
 _META = "meta.json"
