@@ -29,6 +29,7 @@ offset, no memory map, so reading an epoch does not grow the resident set).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -79,13 +80,17 @@ class TeacherOutputs:
     directory: Path
     _keep: Any = field(default=None, compare=False, repr=False)  # a temporary directory, removed with this
 
-    @property
+    @functools.cached_property
     def meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = json.loads((self.directory / _META).read_text())
         return meta
 
     def _array(self, name: str) -> np.ndarray:
-        return np.load(self.directory / name, mmap_mode="r")  # small per-position index, paged in as read
+        """A small index array (2 bytes per position at most), memory-mapped once and paged in as read."""
+        arrays: dict[str, np.ndarray] = self.__dict__.setdefault("_arrays", {})
+        if name not in arrays:
+            arrays[name] = np.load(self.directory / name, mmap_mode="r")
+        return arrays[name]
 
     @property
     def positions(self) -> int:
