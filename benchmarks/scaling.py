@@ -111,7 +111,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     sizes = [r["size"] for r in rows]
     stages = sorted({s for r in rows for s in r["stages_s"]})
     kinds = sorted({k for r in rows for k in r["cache_bytes"]})
-    width = max([24, *(len(s) for s in stages), *(len(k) + 8 for k in kinds)])
+    width = max([24, *(len(s) + 6 for s in stages), *(len(k) + 13 for k in kinds)])
     print(f"{'records (private = public)':<{width}}" + "".join(f"{s:>12}" for s in sizes) + f"{'exponent':>10}")
 
     def line(name: str, values: list[float], fmt: str) -> None:
