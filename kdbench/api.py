@@ -12,8 +12,9 @@ The names, by what a plugin does with them (docs/plugins.md documents each hook 
   :class:`ParameterError`; other errors a user can act on: :class:`KdbenchError`, :class:`PluginError`;
 - attacks: :class:`AttackInputs`, :class:`Need`, :class:`TokenStats`, :class:`ScoringContext`,
   :class:`ShadowRecipe`, :func:`scoring_context`, :func:`token_stats_of`, :func:`mean_logprob`, :func:`lowest_k`;
-- distillers: :class:`DistillJob`, :func:`distillation_loss`, the objectives, cached :func:`teacher_outputs`, the
-  sampling/replay strategies and the policy-gradient pieces on-policy distillers compose, and the training loop's
+- distillers: :class:`DistillJob`, :func:`distillation_loss`, the objectives, the teacher's outputs (cached
+  :func:`teacher_outputs`, or live or cached as measured per cell: :func:`teacher_hook`), the sampling/replay
+  strategies and the policy-gradient pieces on-policy distillers compose, and the training loop's
   building blocks (:func:`train_loop` and its :class:`LoopSettings`, :func:`sft_loss`, :func:`chain`,
   :func:`collate`, ...);
 - defenses: :class:`DefenseBase`, :class:`DefenseContext`, :data:`STAGES`, :func:`resolve_attack`,
@@ -50,7 +51,7 @@ from kdbench.distill.strategies import (
     split_off,
     teacher_samples,
 )
-from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, teacher_outputs
+from kdbench.distill.teacher_outputs import DEFAULT_TOP_K, TAIL_BOUND, teacher_hook, teacher_outputs
 from kdbench.evaluation.metrics import best_balanced_accuracy
 from kdbench.hookspecs import Register, hookimpl
 from kdbench.models.defended import inside, write_marker
@@ -67,6 +68,7 @@ __all__ = [
     "OBJECTIVES",
     "REPLAY_CAPACITY",
     "STAGES",
+    "TAIL_BOUND",
     "AdaptiveSGO",
     "Attack",
     "AttackInputs",
@@ -124,6 +126,7 @@ __all__ = [
     "sft_loss",
     "shifted",
     "split_off",
+    "teacher_hook",
     "teacher_outputs",
     "teacher_samples",
     "to_device",

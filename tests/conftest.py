@@ -43,6 +43,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test uses the session's temporary cache, never the user's ~/.cache/kdbench."""
     monkeypatch.setenv("KDBENCH_CACHE_DIR", str(cache_dir))
+    # distillers read cached teacher outputs, not a source chosen on timing: tests that count teacher calls or
+    # cache builds stay deterministic (tests/test_teacher_outputs.py tests the measured choice itself)
+    monkeypatch.setenv("KDBENCH_TEACHER_OUTPUTS", "cached")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +55,7 @@ def small_run_dir(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     result = CliRunner().invoke(
         main,
         ["run", "--task", str(TINY_TASK), "--distiller", "kd", "--attack", "loss,mink", "--out", str(out)],
-        env={"KDBENCH_CACHE_DIR": str(cache_dir)},
+        env={"KDBENCH_CACHE_DIR": str(cache_dir), "KDBENCH_TEACHER_OUTPUTS": "auto"},  # the measured choice
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

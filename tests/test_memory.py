@@ -9,8 +9,10 @@ pre-hook on the real (tiny) model raises ``torch.OutOfMemoryError`` whenever a p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -197,17 +199,23 @@ def test_a_distiller_gives_the_same_student_when_its_batches_are_cut(
     assert_same_weights(student(None), student(1))
 
 
-def test_teacher_outputs_are_unchanged_by_out_of_memory() -> None:
+def test_teacher_outputs_are_unchanged_by_out_of_memory(tmp_path: Path) -> None:
     from kdbench.distill.teacher_outputs import compute_teacher_outputs
     from tests.distill_helpers import job
 
     j = job(teacher=tiny_model(1))
-    reference = compute_teacher_outputs(j, j.data, k=16, batch_size=16)
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "fitted").mkdir()
+    compute_teacher_outputs(j, j.data, tmp_path / "reference", k=16, batch_size=16)
     device = Device(j.teacher, rows=3)
-    fitted = compute_teacher_outputs(j, j.data, k=16, batch_size=16)
+    compute_teacher_outputs(j, j.data, tmp_path / "fitted", k=16, batch_size=16)
     assert device.seen[:3] == [16, 8, 4] and max(device.seen[3:]) == 2
-    assert torch.equal(fitted.indices, reference.indices) and torch.equal(fitted.offsets, reference.offsets)
-    torch.testing.assert_close(fitted.logprobs, reference.logprobs, atol=1e-5, rtol=1e-5)
+    # the chunks that ran out of memory wrote nothing: the files are the same entries, in the same order
+    for name in ("counts.npy", "firsts.npy", "offsets.npy", "indices.bin", "meta.json"):
+        assert (tmp_path / "fitted" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+    fitted = np.fromfile(tmp_path / "fitted" / "probs.bin", np.float16).astype(np.float32)
+    reference = np.fromfile(tmp_path / "reference" / "probs.bin", np.float16).astype(np.float32)
+    np.testing.assert_allclose(fitted, reference, atol=1e-3, rtol=2.0**-10)  # batch size may move an ulp
 
 
 def test_an_unsplittable_loop_says_it_ignores_the_micro_batch(examples: list[Any]) -> None:

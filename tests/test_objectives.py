@@ -17,6 +17,7 @@ from kdbench.core.errors import ParameterError, UnknownNameError
 from kdbench.training.objectives import (
     LOG_PROB_FLOOR,
     OBJECTIVES,
+    TAIL_FLOOR,
     TopKLogProbs,
     fkl,
     get_objective,
@@ -381,3 +382,18 @@ def test_registry() -> None:
         get_objective("srk")
     with pytest.raises(UnknownNameError):
         per_token("kl", torch.zeros(1, 1, 3), torch.zeros(1, 1, 3))
+
+
+def test_topk_with_per_position_counts_spreads_each_position_s_own_tail() -> None:
+    """Position 0 keeps 1 token, position 1 keeps 3 (its slots past the count repeat the last token): the
+    distribution, by hand, is the kept probabilities plus the left-out mass spread over the V − count others."""
+    logp = torch.log(torch.tensor([[[0.7, 0.7, 0.7], [0.5, 0.2, 0.1]]]))
+    top = TopKLogProbs(torch.tensor([[[3, 3, 3], [1, 4, 0]]]), logp, counts=torch.tensor([[1, 3]]))
+    want = torch.tensor([[[0.3 / 4, 0.3 / 4, 0.3 / 4, 0.7, 0.3 / 4], [0.1, 0.5, 0.2 / 2, 0.2 / 2, 0.2]]])
+    torch.testing.assert_close(top.log_probs(5).exp(), want)
+
+
+def test_a_tail_rounded_away_keeps_a_floor_so_no_token_is_impossible() -> None:
+    top = TopKLogProbs(torch.tensor([[[2, 2]]]), torch.zeros(1, 1, 2), counts=torch.tensor([[1]]))  # p = 1 stored
+    p = top.log_probs(4).exp()[0, 0]
+    assert float(p.min()) == pytest.approx(TAIL_FLOOR / 3) and float(p.sum()) == pytest.approx(1.0, abs=2e-6)

@@ -46,6 +46,10 @@ def test_run_json_has_provenance(small_run_dir: Path) -> None:
     assert all(len(h) == 64 for h in group["split_hashes"].values())
     assert info["packages"]["torch"] and info["failures"] == []
     assert {"teacher", "baseline"} <= set(info["wall_time_per_stage"])
+    (cell, choice), = info["teacher_outputs"].items()  # the kd cell: where its teacher came from, and why
+    assert "kd" in cell and choice["source"] in ("live", "cached")
+    forward_wins = choice["teacher_forward_s"] <= choice["cached_read_s"]
+    assert choice["source"] == ("live" if forward_wins else "cached") and "s/batch" in choice["reason"]
 
 
 def test_per_sample_scores_are_saved(small_run_dir: Path) -> None:

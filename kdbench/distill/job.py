@@ -65,6 +65,7 @@ class DistillJob:
     label: str = "distilling"
     max_total_tokens: int = 512
     micro_batch: int | None = None  # rows per forward pass (kdbench.training.memory); None: the whole batch
+    notes: dict[str, Any] = field(default_factory=dict)  # what the distillation chose and measured (to run.json)
 
     @property
     def pad_id(self) -> int:
@@ -168,10 +169,11 @@ def distillation_loss(job: DistillJob, objective: str, kd_ratio: float = 1.0, **
 
 INDICES = "teacher_topk_indices"
 LOGPROBS = "teacher_topk_logprobs"
+COUNTS = "teacher_topk_counts"
 
 
 def attached(batch: dict[str, Tensor]) -> TopKLogProbs | None:
     """The cached teacher distribution a :class:`TeacherOutputs` hook attached to ``batch``, if any."""
     if INDICES not in batch:
         return None
-    return TopKLogProbs(indices=batch[INDICES], logprobs=batch[LOGPROBS])
+    return TopKLogProbs(indices=batch[INDICES], logprobs=batch[LOGPROBS], counts=batch.get(COUNTS))

@@ -1,105 +1,170 @@
-"""The teacher's outputs on fixed (off-policy) sequences, computed once and cached as top-k log-probabilities.
+"""The teacher's outputs on fixed (off-policy) sequences, computed once, stored on disk and read per batch.
 
 Why: a KD epoch that runs the teacher at every step costs a teacher forward pass per student step, every epoch;
-ground-truth and SeqKD sequences never change, so the teacher's distributions on them are computed once per
-(teacher, sequences, k, output defenses) and every later epoch, distiller and run reads them from the cache
-(:class:`kdbench.core.cache.ArtifactCache`), which makes a KD epoch cost about as much as a fine-tuning epoch.
+ground-truth and SeqKD sequences never change, so the teacher's distributions on them can be computed once per
+(teacher, sequences, truncation, output defenses) and every later epoch, distiller and run reads them from the
+cache (:class:`kdbench.core.cache.ArtifactCache`). For a small teacher a forward pass costs less than reading
+its outputs back, so :func:`teacher_hook` measures both on one batch and picks, per cell (see "Live or cached").
 
 What is stored: at every position that predicts a response token (the positions a loss is averaged over), the
-k most likely tokens and their log-probabilities, after the teacher-output defenses (defenses act on the full
+teacher's most likely tokens and their probabilities, after the teacher-output defenses (defenses act on the full
 logits, before the truncation, exactly as they do for live logits). The KD losses read them as
-:class:`kdbench.training.objectives.TopKLogProbs`, which spreads the unknown tail mass uniformly over the other tokens.
+:class:`kdbench.training.objectives.TopKLogProbs`, which spreads the dropped tail mass uniformly over the other
+tokens.
 
-Choice of k, measured with ``benchmarks/kd_throughput.py`` on the default task (synthetic-pii: 300 public
-examples, 10,390 response positions, vocabulary 2,000, the trained gpt2-tiny-teacher; |loss(top-k) − loss(full
-logits)| per batch of 16, max over batches, for a fresh student / after one KD epoch):
+Adaptive truncation: each position keeps the smallest k whose dropped mass is at most ``tail_bound`` (ε,
+``TAIL_BOUND`` = 1e-3), and at most ``k`` (``DEFAULT_TOP_K`` = 512) tokens: a peaked position keeps a handful, a
+flat one 512 (the whole distribution when the vocabulary has at most 512 tokens). A position's stored
+distribution is within total variation max(ε, its mass beyond the top 512) of the teacher's (``tail_mass``); the
+KD loss error bound and the measurements are in docs/running.md, "Teacher outputs".
 
-    k     teacher mass left out (mean, max)   fkl               jsd (λ 0.9)       srkl (α 0.1)
-    64    28.5%, 82%                          3.3e-4 / 8.0e-2   2.3e-2 / 1.6e-2   3.4e-1 / 2.3e-1
-    512   7.4%, 46%                           2.0e-5 / 3.5e-3   1.2e-3 / 9.0e-4   2.3e-2 / 1.7e-2
-
-The tiny teacher is far from peaked, so k = 512 (``DEFAULT_TOP_K``): 8 bytes per position and k, 42 MB for the
-default task; a KD epoch on it ran at 0.96x the throughput of a fine-tuning epoch (0.61x with the teacher run
-live). Reverse-type losses (srkl) are the most sensitive, as they weigh the teacher's tail by the student's
-mass. Peaked teachers need less: :meth:`TeacherOutputs.tail_mass` says what a given k leaves out.
+Storage (written in pieces as the teacher pass goes, never held whole): ``indices.bin`` (uint16 when the vocabulary
+has at most 65,536 tokens, else int32) and ``probs.bin`` (float16 probabilities: relative error ≤ 2^-11, i.e. at
+most 2^-11·Σ p·|log q| nats on a cross-entropy, measured ≤ 1.6e-5 on the KD losses; log-probabilities in float16
+would err by |log p|·2^-11 instead): 4 bytes per kept token, half the float32 + int32 it replaced. Per position
+``counts.npy`` (uint16), per example ``firsts.npy`` (its first entry; its positions' entries are contiguous),
+``offsets.npy`` and ``starts.npy``. A batch reads only its examples' entries (:func:`numpy.fromfile` at an
+offset, no memory map, so reading an epoch does not grow the resident set).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+import os
+import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from kdbench.core.params import params_dict
 from kdbench.core.types import Encoded
-from kdbench.distill.job import INDICES, LOGPROBS, DistillJob
+from kdbench.distill.job import COUNTS, INDICES, LOGPROBS, DistillJob
 from kdbench.training.loop import collate, to_device
 from kdbench.training.memory import run_in_chunks
 from kdbench.training.objectives import TopKLogProbs
 
 DEFAULT_TOP_K = 512
+"""The most tokens kept per position (all of a vocabulary of at most this many)."""
+TAIL_BOUND = 1e-3
+"""ε: a position stops keeping tokens once the mass it leaves out is at most this."""
 TOLERANCE = 2.5e-2
-"""|top-k loss − full-logit loss| (nats per token) at k = ``DEFAULT_TOP_K``: above the largest gap measured on the
-default task (2.3e-2, srkl, fresh student); fkl and jsd stay below 3.5e-3 there."""
-STAGE_VERSION = 1
-_FILE = "teacher_outputs.safetensors"
+"""|cached loss − full-logit loss| (nats per token) at the defaults, for fkl, jsd and srkl on the default task:
+above the largest gap measured there (2.3e-2, srkl; docs/running.md)."""
+STAGE_VERSION = 3
+SOURCE_ENV = "KDBENCH_TEACHER_OUTPUTS"
+"""Force a source for every cell: ``cached`` or ``live`` (default ``auto``: measured, see :func:`teacher_hook`)."""
+_META = "meta.json"
 
 
 @dataclass(frozen=True)
 class TeacherOutputs:
-    """Teacher top-k log-probs at the response positions of a list of sequences, flattened: example i owns rows
-    ``offsets[i]:offsets[i + 1]``, one per response token, the first at position ``starts[i]`` of
-    ``logits[:, :-1]`` (the prompt's last token, which predicts the first response token).
+    """Teacher outputs stored in ``directory`` at the response positions of a list of sequences: example i owns
+    positions ``offsets[i]:offsets[i + 1]``, one per response token, the first at position ``starts[i]`` of
+    ``logits[:, :-1]`` (the prompt's last token, which predicts the first response token); position r keeps
+    ``counts[r]`` entries of ``indices.bin``/``probs.bin``, example i's contiguous from entry ``firsts[i]``.
 
-    Called as a ``prepare`` hook, it attaches the rows of ``batch["index"]`` to the batch, aligned with
-    ``logits[:, :-1]``; :meth:`kdbench.distill.job.DistillJob.teacher_targets` then reads them instead of running
-    the teacher. A batch without ``index`` (e.g. student samples) is left alone: its teacher runs live.
+    Called as a ``prepare`` hook, it reads the entries of the examples in ``batch["index"]`` and attaches them,
+    aligned with ``logits[:, :-1]``; :meth:`kdbench.distill.job.DistillJob.teacher_targets` then uses them instead
+    of running the teacher. A batch without ``index`` (e.g. student samples) is left alone: its teacher runs live.
     """
 
-    indices: Tensor  # [rows, k] int32
-    logprobs: Tensor  # [rows, k] float32
-    offsets: Tensor  # [n + 1] int64
-    starts: Tensor  # [n] int64
+    directory: Path
+    _keep: Any = field(default=None, compare=False, repr=False)  # a temporary directory, removed with this
+
+    @functools.cached_property
+    def meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = json.loads((self.directory / _META).read_text())
+        return meta
+
+    def _array(self, name: str) -> np.ndarray:
+        """A small index array (2 bytes per position at most), memory-mapped once and paged in as read."""
+        arrays: dict[str, np.ndarray] = self.__dict__.setdefault("_arrays", {})
+        if name not in arrays:
+            arrays[name] = np.load(self.directory / name, mmap_mode="r")
+        return arrays[name]
+
+    @property
+    def positions(self) -> int:
+        return int(self.meta["positions"])
+
+    @property
+    def entries(self) -> int:
+        return int(self.meta["entries"])
+
+    def read(self, example: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Example ``example``'s (token ids, probabilities, per-position counts), read from disk."""
+        offsets = self._array("offsets.npy")
+        lo, hi = int(offsets[example]), int(offsets[example + 1])
+        if hi == lo:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        counts = np.array(self._array("counts.npy")[lo:hi], dtype=np.int64)
+        first = int(self._array("firsts.npy")[example])
+        n = int(counts.sum())
+        meta = self.meta
+        ids = _read(self.directory / "indices.bin", np.dtype(meta["index_dtype"]), first, n)
+        probs = _read(self.directory / "probs.bin", np.dtype(np.float16), first, n)
+        return ids, probs, counts
 
     def __call__(self, step: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if "index" not in batch:
             return batch
         n_rows, width = batch["input_ids"].shape
-        k = self.indices.shape[1]
-        indices = torch.arange(k).expand(n_rows, width - 1, k).clone()  # placeholders where no loss is taken
-        logprobs = torch.full((n_rows, width - 1, k), -float(torch.log(torch.tensor(float(k)))))
         responses = (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
-        for row, example in enumerate(batch["index"].tolist()):
-            lo, hi = int(self.offsets[example]), int(self.offsets[example + 1])
-            if hi - lo != responses[row]:
+        starts = self._array("starts.npy")
+        examples = batch["index"].tolist()
+        found = [self.read(example) for example in examples]
+        k = max([int(c.max()) for _, _, c in found if len(c)] or [1])
+        indices = torch.arange(k).expand(n_rows, width - 1, k).clone()  # placeholders where no loss is taken
+        logprobs = torch.full((n_rows, width - 1, k), -math.log(k))
+        counts = torch.full((n_rows, width - 1), k, dtype=torch.long)
+        for row, (example, (ids, probs, count)) in enumerate(zip(examples, found, strict=True)):
+            if len(count) != responses[row]:
                 raise ValueError(
-                    f"Cached teacher outputs hold {hi - lo} response positions for example {example}, but the "
+                    f"Cached teacher outputs hold {len(count)} response positions for example {example}, but the "
                     f"batch has {responses[row]}: they were computed for other sequences."
                 )
-            start = int(self.starts[example])
-            indices[row, start : start + hi - lo] = self.indices[lo:hi].long()
-            logprobs[row, start : start + hi - lo] = self.logprobs[lo:hi]
-        return {**batch, INDICES: indices, LOGPROBS: logprobs}
+            if not len(count):
+                continue
+            # slot j of position r holds entry min(j, count_r − 1): short positions repeat their last entry
+            first = np.concatenate([[0], np.cumsum(count)[:-1]])
+            slots = first[:, None] + np.minimum(np.arange(k)[None, :], count[:, None] - 1)
+            start = int(starts[example])
+            span = slice(start, start + len(count))
+            indices[row, span] = torch.from_numpy(ids[slots].astype(np.int64))
+            logprobs[row, span] = torch.from_numpy(np.log(np.maximum(probs[slots].astype(np.float32), 2.0**-24)))
+            counts[row, span] = torch.from_numpy(count)
+        return {**batch, INDICES: indices, LOGPROBS: logprobs, COUNTS: counts}
 
     def tail_mass(self) -> Tensor:
-        """Per position, the teacher's probability outside the stored top k: how much the cache had to guess (its
+        """Per position, the teacher's probability outside the stored tokens: how much the cache had to guess (its
         total-variation distance to the true distribution is at most this)."""
-        return (1.0 - self.logprobs.double().exp().sum(dim=-1)).clamp(min=0.0).float()
+        out = []
+        for example in range(len(self._array("starts.npy"))):
+            _, probs, counts = self.read(example)
+            if len(counts):
+                sums = np.add.reduceat(probs.astype(np.float64), np.concatenate([[0], np.cumsum(counts)[:-1]]))
+                out.append(np.clip(1.0 - sums, 0.0, None))
+        return torch.from_numpy(np.concatenate(out) if out else np.zeros(0)).float()
 
-    def save(self, directory: Path) -> None:
-        tensors = {"indices": self.indices, "logprobs": self.logprobs, "offsets": self.offsets, "starts": self.starts}
-        save_file({name: t.contiguous() for name, t in tensors.items()}, str(directory / _FILE))
+    def kept(self) -> Tensor:
+        """Per position, how many tokens are stored."""
+        return torch.from_numpy(np.array(self._array("counts.npy"), dtype=np.int64))
 
-    @classmethod
-    def load(cls, directory: Path) -> TeacherOutputs:
-        return cls(**load_file(str(directory / _FILE)))
+    def bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.directory.iterdir() if f.is_file())
+
+
+def _read(path: Path, dtype: np.dtype, first: int, n: int) -> np.ndarray:
+    return np.fromfile(path, dtype=dtype, count=n, offset=first * dtype.itemsize)
 
 
 def sequences_hash(data: Sequence[Encoded]) -> str:
@@ -120,65 +185,205 @@ def output_defenses(job: DistillJob) -> list[dict[str, Any]]:
     ]
 
 
-def teacher_outputs(
-    job: DistillJob, data: Sequence[Encoded] | None = None, k: int = DEFAULT_TOP_K, batch_size: int = 32
-) -> TeacherOutputs:
-    """The teacher's top-k outputs on ``data`` (default ``job.data``), from the cache when present.
-
-    Cached under ``teacher_outputs/`` keyed by the teacher's key, the sequences' hash, k and the output
-    defenses; computed in memory, uncached, when the job has no cache or no teacher key to name the teacher by.
-    """
-    data = job.data if data is None else data
-    if k < 1:
-        raise ValueError(f"top-k must be at least 1, got {k}")
-    if job.cache is None or not job.teacher_key:
-        return compute_teacher_outputs(job, data, k, batch_size)
-    spec = {
+def _spec(job: DistillJob, data: Sequence[Encoded], k: int, tail_bound: float) -> dict[str, Any]:
+    return {
         "stage": "teacher_outputs",
         "version": STAGE_VERSION,
         "teacher": job.teacher_key,
         "sequences": sequences_hash(data),
-        "top_k": k,
+        "max_k": k,
+        "tail_bound": tail_bound,
         "defenses": output_defenses(job),
     }
+
+
+def teacher_outputs(
+    job: DistillJob,
+    data: Sequence[Encoded] | None = None,
+    k: int = DEFAULT_TOP_K,
+    batch_size: int = 32,
+    tail_bound: float = TAIL_BOUND,
+) -> TeacherOutputs:
+    """The teacher's truncated outputs on ``data`` (default ``job.data``), from the cache when present.
+
+    Cached under ``teacher_outputs/`` keyed by the teacher's key, the sequences' hash, the truncation (``k``:
+    cap per position; ``tail_bound``) and the output defenses; written to a temporary directory
+    (removed with the returned object) when the job has no cache or no teacher key to name the teacher by.
+    """
+    data = job.data if data is None else data
+    if k < 1:
+        raise ValueError(f"top-k must be at least 1, got {k}")
+    if not 0.0 <= tail_bound < 1.0:
+        raise ValueError(f"tail_bound must lie in [0, 1), got {tail_bound}")
+    if job.cache is None or not job.teacher_key:
+        tmp = tempfile.TemporaryDirectory(prefix="kdbench-teacher-outputs-")
+        compute_teacher_outputs(job, data, Path(tmp.name), k, batch_size, tail_bound)
+        return TeacherOutputs(Path(tmp.name), tmp)
     path = job.cache.get_or_build(
-        "teacher_outputs", spec, lambda tmp: compute_teacher_outputs(job, data, k, batch_size).save(tmp)
+        "teacher_outputs", _spec(job, data, k, tail_bound),
+        lambda tmp: compute_teacher_outputs(job, data, tmp, k, batch_size, tail_bound),
     )
-    return TeacherOutputs.load(path)
+    return TeacherOutputs(path)
+
+
+def truncate(logits: Tensor, k: int, tail_bound: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per position of ``logits`` [rows, vocab]: (token ids [rows, m], probabilities [rows, m], kept [rows]),
+    sorted by probability; position r keeps the smallest count whose dropped mass is ≤ ``tail_bound``, at most
+    ``k``."""
+    cap = min(k, logits.shape[-1])
+    probs, ids = torch.softmax(logits.float(), dim=-1).topk(cap, dim=-1)
+    before = torch.cumsum(probs.double(), dim=-1) - probs.double()  # mass of the tokens ranked above each
+    kept = (before < 1.0 - tail_bound).sum(dim=-1).clamp(1, cap)
+    return ids, probs, kept
 
 
 def compute_teacher_outputs(
-    job: DistillJob, data: Sequence[Encoded], k: int, batch_size: int = 32
-) -> TeacherOutputs:
-    """One batched teacher pass over ``data`` (through ``job.teacher_logits``, so defenses apply first)."""
+    job: DistillJob, data: Sequence[Encoded], directory: Path, k: int = DEFAULT_TOP_K, batch_size: int = 32,
+    tail_bound: float = TAIL_BOUND,
+) -> None:
+    """One batched teacher pass over ``data`` (through ``job.teacher_logits``, so defenses apply first), written
+    to ``directory`` chunk by chunk: memory holds one chunk's logits, never the whole outputs."""
     job.teacher.to(job.device)
-    rows: list[tuple[Tensor, Tensor]] = [(torch.empty(0), torch.empty(0))] * len(data)
+    lengths = [len(e.response_ids) for e in data]
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
+    np.save(directory / "offsets.npy", offsets)
+    np.save(directory / "starts.npy", np.array([len(e.prompt_ids) - 1 for e in data], dtype=np.int64))
+    cap = max(1, min(k, 1 << 31))
+    counts = np.lib.format.open_memmap(
+        directory / "counts.npy", mode="w+", dtype=np.uint16 if cap < 1 << 16 else np.int32, shape=(int(offsets[-1]),)
+    )
+    firsts = np.lib.format.open_memmap(directory / "firsts.npy", mode="w+", dtype=np.int64, shape=(len(data),))
+    vocab: list[int] = []
+    written = [0]
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))  # similar lengths: less padding
-    label = f"teacher outputs (top-{k})"
-    with job.reporter.task(label, len(data)) as advance:
+    label = f"teacher outputs (tail ≤ {tail_bound})"
+    with (
+        job.reporter.task(label, len(data)) as advance,
+        open(directory / "indices.bin", "wb") as id_file,
+        open(directory / "probs.bin", "wb") as prob_file,
+    ):
 
         def run(positions: list[int]) -> None:
             chunk = [order[p] for p in positions]
             batch = to_device(collate([data[i] for i in chunk], job.pad_id), job.device)
             logits = job.teacher_logits(batch)[:, :-1]
-            top = TopKLogProbs.from_logits(logits, min(k, logits.shape[-1]))
+            if not vocab:
+                vocab.append(logits.shape[-1])
             found = []
             for row, i in enumerate(chunk):
                 start, n = len(data[i].prompt_ids) - 1, len(data[i].response_ids)
-                found.append((
-                    top.indices[row, start : start + n].to("cpu", torch.int32),
-                    top.logprobs[row, start : start + n].to("cpu", torch.float32),
-                ))
-            for i, pair in zip(chunk, found, strict=True):  # stored only once the whole chunk is computed
-                rows[i] = pair
+                ids, probs, kept = truncate(logits[row, start : start + n], k, tail_bound)
+                keep = torch.arange(ids.shape[-1], device=ids.device)[None, :] < kept[:, None]
+                found.append((ids[keep].cpu().numpy(), probs[keep].cpu().numpy(), kept.cpu().numpy()))
+            # written only once the whole chunk is computed (a chunk that runs out of memory is redone)
+            for i, (ids_i, probs_i, kept_i) in zip(chunk, found, strict=True):
+                id_file.write(ids_i.astype(_index_dtype(vocab[0])).tobytes())
+                prob_file.write(probs_i.astype(np.float16).tobytes())
+                lo = int(offsets[i])
+                counts[lo : lo + len(kept_i)] = kept_i
+                firsts[i] = written[0]
+                written[0] += int(kept_i.sum())
             advance(len(chunk))
 
         # memory-aware: a chunk that does not fit is redone in halves (the outputs are per row)
         run_in_chunks(len(order), batch_size, run, device=job.device, label=label, reporter=job.reporter)
-    lengths = torch.tensor([len(e.response_ids) for e in data], dtype=torch.long)
-    return TeacherOutputs(
-        indices=torch.cat([r[0] for r in rows]),
-        logprobs=torch.cat([r[1] for r in rows]),
-        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        starts=torch.tensor([len(e.prompt_ids) - 1 for e in data], dtype=torch.long),
-    )
+    counts.flush()
+    firsts.flush()
+    meta = {
+        "positions": int(offsets[-1]), "entries": written[0], "vocab": vocab[0] if vocab else 0,
+        "index_dtype": np.dtype(_index_dtype(vocab[0] if vocab else 0)).name, "value_dtype": "float16",
+        "max_k": k, "tail_bound": tail_bound,
+    }
+    (directory / _META).write_text(json.dumps(meta))
+
+
+def _index_dtype(vocab: int) -> type[np.integer[Any]]:
+    return np.uint16 if vocab <= 1 << 16 else np.int32
+
+
+# --- live or cached ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """Where a cell's teacher distributions come from, and why: the seconds per batch measured for each."""
+
+    source: str  # "cached" or "live"
+    reason: str
+    teacher_forward_s: float | None = None
+    cached_read_s: float | None = None
+    cache_bytes: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def teacher_hook(
+    job: DistillJob,
+    data: Sequence[Encoded] | None = None,
+    k: int = DEFAULT_TOP_K,
+    batch_size: int = 32,
+    tail_bound: float = TAIL_BOUND,
+    source: str | None = None,
+) -> TeacherOutputs | None:
+    """The ``prepare`` hook that supplies the teacher on ``data``'s batches: cached outputs, or None for live.
+
+    ``source`` (default ``$KDBENCH_TEACHER_OUTPUTS``, else ``auto``): ``cached``, ``live``, or ``auto``, which
+    times one batch of ``job.config.batch_size`` examples both ways (the teacher's forward pass with the
+    log-softmax the loss takes on it, against reading the batch's cached outputs and expanding them to the
+    vocabulary) and goes live when the forward pass costs less. The choice and the timings go to
+    ``job.notes["teacher_outputs"]`` (and from there to ``run.json``). Either way the losses agree within the
+    truncation's ``TOLERANCE`` (live has no truncation).
+    """
+    data = job.data if data is None else data
+    source = source or os.environ.get(SOURCE_ENV, "auto")
+    if source not in ("auto", "cached", "live"):
+        raise ValueError(f"teacher-output source must be auto, cached or live (${SOURCE_ENV}), got {source!r}")
+    if source == "auto" and data:
+        choice = _measure(job, data, k, batch_size, tail_bound)
+    else:
+        choice = SourceChoice("live" if source == "live" else "cached", f"set to {source}" if data else "no data")
+    outputs = None
+    if choice.source == "cached" and data:
+        outputs = teacher_outputs(job, data, k, batch_size, tail_bound)
+        choice = SourceChoice(**{**choice.as_dict(), "cache_bytes": outputs.bytes()})
+    job.notes["teacher_outputs"] = choice.as_dict()
+    return outputs
+
+
+def _measure(job: DistillJob, data: Sequence[Encoded], k: int, batch_size: int, tail_bound: float) -> SourceChoice:
+    probe = list(range(min(len(data), job.config.batch_size)))
+    batch = collate([data[i] for i in probe], job.pad_id)
+    batch["index"] = torch.tensor(probe)
+    job.teacher.to(job.device)
+    vocab = int(job.teacher_logits(to_device(batch, job.device)).shape[-1])  # also warms the teacher up
+
+    def live() -> None:
+        torch.log_softmax(job.teacher_logits(to_device(batch, job.device)), dim=-1)
+
+    with tempfile.TemporaryDirectory(prefix="kdbench-probe-") as tmp:
+        # the probe's own outputs, stored as the full cache stores them (data order kept: index i is example i)
+        compute_teacher_outputs(job, [data[i] for i in probe], Path(tmp), k, batch_size, tail_bound)
+        stored = TeacherOutputs(Path(tmp))
+
+        def cached() -> None:
+            hooked = stored(0, batch)
+            TopKLogProbs(hooked[INDICES], hooked[LOGPROBS], hooked[COUNTS]).log_probs(vocab)
+
+        forward, read = _best_time(live), _best_time(cached)
+    if forward <= read:
+        reason = (f"a teacher forward pass ({forward:.3g} s/batch) costs no more than reading cached outputs "
+                  f"({read:.3g} s)")
+        return SourceChoice("live", reason, forward, read)
+    reason = f"reading cached outputs ({read:.3g} s/batch) costs less than a teacher forward pass ({forward:.3g} s)"
+    return SourceChoice("cached", reason, forward, read)
+
+
+def _best_time(work: Any, repeats: int = 2) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            work()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -26,7 +26,7 @@ from kdbench.run.context import RunContext
 from kdbench.run.evaluator import Evaluator
 from kdbench.run.grid import Cell
 from kdbench.run.plan import resolve
-from kdbench.run.student import build_student
+from kdbench.run.student import build_student, distill_notes
 from kdbench.scoring.context import ScoringContext
 from kdbench.tasks.manifest import Task, load_task
 from kdbench.tasks.splits import Splits, make_splits, verify_splits
@@ -42,6 +42,7 @@ class CellOutcome:
     detail: str | None = None  # the traceback, for run.json
     seconds: float = 0.0
     defense_report: dict[str, Any] = field(default_factory=dict)  # what the defenses measured (spent ε, votes)
+    distill_notes: list[dict[str, Any]] = field(default_factory=list)  # per student: the distillation's choices
 
 
 @dataclass
@@ -187,7 +188,10 @@ def run_cell(
         evaluation = evaluator("student", student)
         evaluation.distiller, evaluation.defenses = distiller, stack
         report = defense_report(defenses, student, evaluator)
-        return CellOutcome(cell, evaluation, seconds=time.perf_counter() - start, defense_report=report)
+        return CellOutcome(
+            cell, evaluation, seconds=time.perf_counter() - start, defense_report=report,
+            distill_notes=distill_notes(student),
+        )
     except KeyboardInterrupt:
         raise
     except Exception as exc:

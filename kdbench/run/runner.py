@@ -233,6 +233,7 @@ class Runner:
     def _record_cell(self, outcome: CellOutcome, ctx: RunContext, state: RunState) -> None:
         if outcome.evaluation is not None:
             state.add(outcome.evaluation, ctx, outcome.defense_report)
+            state.note_teacher_outputs(outcome.cell.label, outcome.distill_notes)
         else:
             state.failures.append(outcome)
             self.reporter.log(f"cell failed: {outcome.cell.label}: {outcome.error}", level="error")

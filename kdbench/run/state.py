@@ -45,6 +45,7 @@ class RunState:
     attack_failures: list[dict[str, str]] = field(default_factory=list)  # a (target, attack) pair that failed
     timings: dict[str, float] = field(default_factory=dict)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_outputs: dict[str, Any] = field(default_factory=dict)  # per cell: live or cached teacher, and why
 
     def add(self, evaluation: TargetEvaluation, ctx: RunContext, defense_report: dict[str, Any] | None = None) -> None:
         self.evaluations.append(evaluation)
@@ -85,6 +86,13 @@ class RunState:
         error, detail = failure
         self.failures += [CellOutcome(cell, error=error, detail=detail) for cell in cells]
 
+    def note_teacher_outputs(self, cell: str, notes: list[dict[str, Any]]) -> None:
+        """Where the cell's teacher distributions came from (kdbench.distill.teacher_outputs.teacher_hook): one
+        entry, or one per student when a defense trains several."""
+        choices = [n["teacher_outputs"] for n in notes if "teacher_outputs" in n]
+        if choices:
+            self.teacher_outputs[cell] = choices[0] if len(choices) == 1 else choices
+
     def merge_timings(self, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
             self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
@@ -120,6 +128,7 @@ class RunState:
             ] + [{"cell": f["target"], "attack": f["attack"], "error": f["error"], "traceback": None}
                  for f in self.attack_failures],
             "wall_time_per_stage": self.timings,
+            "teacher_outputs": self.teacher_outputs,
             "wall_time": round(wall, 3),
             "cache": {"root": str(cache.root), "hits": cache.hits, "builds": cache.builds},
             "started": self.started,

@@ -21,6 +21,16 @@ from kdbench.models.hub import model_config
 from kdbench.run.context import RunContext
 from kdbench.run.host import RunHost, attack_scorer
 
+NOTES_FILE = "distill_notes.json"
+"""Beside a student: per student (one per shard), what its distillation chose and measured (``DistillJob.notes``,
+e.g. live or cached teacher outputs and why); read back into run.json, also when the student comes from the cache."""
+
+
+def distill_notes(student: TrainedModel) -> list[dict[str, Any]]:
+    saved = student.path / NOTES_FILE
+    notes: list[dict[str, Any]] = json.loads(saved.read_text()) if saved.exists() else []
+    return notes
+
 
 def build_student(
     ctx: RunContext,
@@ -53,7 +63,7 @@ def build_student(
     def build(tmp: Path) -> None:
         defenses.prepare(defense_context(ctx, teacher, config, data, attack_samples))
         shards = defenses.shards(defenses.select_data(data))
-        students = []
+        students, notes = [], []
         for index, shard in enumerate(shards):
             defenses.start_student(index, len(shard))
             part = f" student {index + 1}/{len(shards)}" if len(shards) > 1 else ""
@@ -78,8 +88,10 @@ def build_student(
             )
             students.append(distiller.distill(job))
             defenses.finish_student(index, students[-1])
+            notes.append(job.notes)
         models.save_model(defenses.postprocess(students), ctx.tokenizer, tmp)
         (tmp / REPORT_FILE).write_text(json.dumps(defenses.report(), indent=1, sort_keys=True))
+        (tmp / NOTES_FILE).write_text(json.dumps(notes, indent=1, sort_keys=True))
 
     with ctx.timed(f"student {distiller_label} [{defense_label}]"):
         path = ctx.cache.get_or_build("model", spec, build)

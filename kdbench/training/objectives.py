@@ -46,12 +46,20 @@ class TopKLogProbs:
 
     indices: Tensor  # [batch, seq, k] long; distinct within a position (as torch.topk returns them)
     logprobs: Tensor  # [batch, seq, k] float: log p of those tokens
+    counts: Tensor | None = None
+    """[batch, seq]: tokens stored per position when positions keep different numbers (slots past a position's
+    count repeat its last token and log p, and are not counted); None: all k."""
 
     def __post_init__(self) -> None:
         if self.indices.shape != self.logprobs.shape:
             raise ValueError(
                 f"TopKLogProbs: indices {tuple(self.indices.shape)} and logprobs "
                 f"{tuple(self.logprobs.shape)} must have the same shape."
+            )
+        if self.counts is not None and self.counts.shape != self.indices.shape[:-1]:
+            raise ValueError(
+                f"TopKLogProbs: counts {tuple(self.counts.shape)} must match the positions "
+                f"{tuple(self.indices.shape[:-1])}."
             )
 
     @classmethod
@@ -66,16 +74,27 @@ class TopKLogProbs:
         if k > vocab_size:
             raise ValueError(f"TopKLogProbs: k = {k} exceeds the vocabulary size {vocab_size}.")
         logprobs = self.logprobs.detach().float()
-        log_top_mass = torch.logsumexp(logprobs, dim=-1, keepdim=True).clamp_max(0.0)
-        if k < vocab_size:
-            fill = _log1mexp(log_top_mass) - math.log(vocab_size - k)
+        if self.counts is None:
+            log_top_mass = torch.logsumexp(logprobs, dim=-1, keepdim=True).clamp_max(0.0)
+            if k < vocab_size:
+                fill = _log1mexp(log_top_mass) - math.log(vocab_size - k)
+            else:
+                fill = torch.full_like(log_top_mass, -math.inf)  # every slot is overwritten below
         else:
-            fill = torch.full_like(log_top_mass, -math.inf)  # every slot is overwritten below
+            counts = self.counts.unsqueeze(-1)
+            stored = torch.arange(k, device=logprobs.device) < counts
+            log_top_mass = torch.logsumexp(logprobs.masked_fill(~stored, -math.inf), dim=-1, keepdim=True)
+            rest = (vocab_size - counts).clamp_min(1).float()
+            # a tail rounded away (16-bit storage of a peaked position) keeps TAIL_FLOOR, so no token is impossible
+            log_tail = _log1mexp(log_top_mass.clamp_max(math.log1p(-TAIL_FLOOR)))
+            fill = torch.where(counts < vocab_size, log_tail - rest.log(), -math.inf)  # -inf: all overwritten
         full = fill.expand(*logprobs.shape[:-1], vocab_size).clone()
         return full.scatter(-1, self.indices, logprobs)
 
 
 Teacher = Tensor | TopKLogProbs
+TAIL_FLOOR = 1e-6
+"""Least tail mass of a position stored with per-position counts but not whole (see ``TopKLogProbs.counts``)."""
 
 
 # --- per-position values: (log q [..., V], log p [..., V]) -> [...] ---------------------------------------
@@ -218,7 +237,8 @@ def _masked_mean(
     keep = mask.bool()
     log_q = _student_log_probs(student_logits[keep])
     if isinstance(teacher, TopKLogProbs):
-        teacher = TopKLogProbs(indices=teacher.indices[keep], logprobs=teacher.logprobs[keep])
+        counts = None if teacher.counts is None else teacher.counts[keep]
+        teacher = TopKLogProbs(indices=teacher.indices[keep], logprobs=teacher.logprobs[keep], counts=counts)
     else:
         teacher = teacher[keep]
     values = tokens(log_q, _teacher_log_probs(teacher, log_q.shape[-1]), **kw)

@@ -26,7 +26,7 @@ from kdbench.api import (
     distillation_loss,
     hookimpl,
     split_off,
-    teacher_outputs,
+    teacher_hook,
 )
 
 
@@ -80,7 +80,7 @@ class DistiLLM:
         )
         self.schedule = strategy.state
         loss = distillation_loss(job, p.objective, p.kd_ratio, alpha=p.alpha)
-        job.train(loss, config, chain(strategy, teacher_outputs(job, k=p.top_k)))
+        job.train(loss, config, chain(strategy, teacher_hook(job, k=p.top_k)))
         return job.student
 
 

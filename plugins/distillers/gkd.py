@@ -26,7 +26,7 @@ from kdbench.api import (
     distillation_loss,
     hookimpl,
     jsd_from_trl_beta,
-    teacher_outputs,
+    teacher_hook,
 )
 
 
@@ -68,7 +68,7 @@ class GKD:
     def distill(self, job: DistillJob) -> Any:
         p = self.params
         strategy = MixedSampling(job, p.lmbda, p.capacity, p.max_new_tokens, self.observers)
-        prepare = chain(strategy, teacher_outputs(job, k=p.top_k) if p.lmbda < 1.0 else None)
+        prepare = chain(strategy, teacher_hook(job, k=p.top_k) if p.lmbda < 1.0 else None)
         job.train(gkd_loss(job, p.beta, p.kd_ratio), job.with_overrides(p.lr, p.epochs), prepare)
         return job.student
 

@@ -20,7 +20,7 @@ from kdbench.api import (
     chain,
     distillation_loss,
     hookimpl,
-    teacher_outputs,
+    teacher_hook,
 )
 
 
@@ -48,7 +48,7 @@ class KD:
 
     def distill(self, job: DistillJob) -> Any:
         p = self.params
-        prepare = chain(GroundTruth(self.observers), teacher_outputs(job, k=p.top_k))
+        prepare = chain(GroundTruth(self.observers), teacher_hook(job, k=p.top_k))
         job.train(distillation_loss(job, p.objective, p.kd_ratio), job.with_overrides(p.lr, p.epochs), prepare)
         return job.student
 

@@ -21,7 +21,7 @@ from kdbench.api import (
     chain,
     distillation_loss,
     hookimpl,
-    teacher_outputs,
+    teacher_hook,
     teacher_samples,
 )
 
@@ -52,7 +52,7 @@ class SeqKD:
     def distill(self, job: DistillJob) -> Any:
         p = self.params
         sampled = replace(job, data=teacher_samples(job, p.max_new_tokens))
-        prepare = chain(GroundTruth(self.observers), teacher_outputs(sampled, k=p.top_k))
+        prepare = chain(GroundTruth(self.observers), teacher_hook(sampled, k=p.top_k))
         loss = distillation_loss(sampled, p.objective, p.kd_ratio)
         sampled.train(loss, job.with_overrides(p.lr, p.epochs), prepare)
         return job.student
