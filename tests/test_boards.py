@@ -109,3 +109,22 @@ blocks:
         run = json.loads((tmp_path / "runs" / "tiny" / block / "run.json").read_text(encoding="utf-8"))
         builds = run["cache"]["builds"]
         assert not builds, f"{block} rebuilt {builds} on resume"
+
+
+def test_pages_on_licensed_data_carry_its_attribution(tmp_path: Path) -> None:
+    from kdbench.leaderboard.site import build_site
+    from tests.helpers import make_record
+
+    records = []
+    for task in ("dolly-study-tiny", "synthetic-pii"):
+        records += [make_record(None, None, target="teacher", task=task, auc=0.8),
+                    make_record(None, None, target="baseline", task=task, auc=0.5),
+                    make_record("kd", "none", task=task, auc=0.7)]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    build_site([results], tmp_path / "site")
+    dolly = (tmp_path / "site" / "dolly-study-tiny" / "index.html").read_text(encoding="utf-8")
+    generated = (tmp_path / "site" / "synthetic-pii" / "index.html").read_text(encoding="utf-8")
+    # the license line as the shipped manifest states it (tasks/dolly.yaml, source.origin.license)
+    assert "CC BY-SA 3.0 (databricks-dolly-15k, © Databricks, Inc.)" in dolly
+    assert "CC BY-SA" not in generated

@@ -51,6 +51,7 @@ from kdbench.leaderboard.ranking import (
 )
 from kdbench.leaderboard.replicates import SharedSeed, check_replicates
 from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
+from kdbench.tasks.manifest import load_task
 
 if sys.version_info >= (3, 11):
     from importlib.resources.abc import Traversable
@@ -840,6 +841,21 @@ def _metric_names(cell: Cell) -> list[str]:
     return sorted({name for attack in cell.attacks for name in attack.metrics})
 
 
+def data_attribution(task_name: str) -> str | None:
+    """The license line of a task's data (e.g. Dolly's CC BY-SA 3.0), from its manifest's ``source.origin``,
+    so pages built on licensed data carry the attribution it requires. None for generated or unknown tasks."""
+    try:
+        task = load_task(task_name)
+    except KdbenchError:
+        return None
+    origin = task.source.get("origin") or {}
+    license_line = origin.get("license")
+    if not license_line:
+        return None
+    where = origin.get("repo") or origin.get("url") or ""
+    return f"Data: {license_line}" + (f", from {where}" if where else "") + "."
+
+
 def render_site(
     boards: Sequence[Board], records: Sequence[Record], out: Path, include_member_text: bool = False
 ) -> int:
@@ -862,7 +878,8 @@ def render_site(
         floor=first.floor.fraction if first else DEFAULT_UTILITY_FLOOR,
     )
     for task, views in tasks.items():
-        renderer.page("task.html", f"{task_dirs[task]}/index.html", "../", task=task, views=views)
+        renderer.page("task.html", f"{task_dirs[task]}/index.html", "../", task=task, views=views,
+                      attribution=data_attribution(task))
         for view in views:
             for cell in view.board.students:
                 _render_entry(renderer, task_dirs[task], view, cell, include_member_text)
