@@ -81,7 +81,7 @@ def test_every_distiller_is_registered_through_its_own_entry_point() -> None:
         ("kd", (("lr", "-1e-4"),), "lr=-0.0001 must be a positive"),
         ("kd", (("kd_ratio", "1.5"),), "kd_ratio=1.5 must lie in"),
         ("sft", (("epochs", "0"),), "epochs=0 must be at least 1"),
-        ("seqkd", (("lr", "nan"),), "must be a positive"),
+        ("seqkd", (("lr", "nan"),), "seqkd:lr: expected a number, got 'nan'."),
         ("gkd", (("lmbda", "-0.1"),), "lmbda=-0.1 must lie in"),
         ("gkd", (("beta", "2"),), "beta=2.0 must lie in"),
         ("imitkd", (("student_fraction", "1.01"),), "student_fraction=1.01"),

@@ -91,12 +91,14 @@ def _coerce(hint: Any, text: str, where: str) -> Any:
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         if text.lower() in ("none", "null") and len(options) < len(typing.get_args(hint)):
             return None
+        if len(options) == 1:  # ``float | None``: the one type's own message, not a wrapped copy of it
+            return _coerce(options[0], text, where)
         errors = []
         for option in options:
             try:
                 return _coerce(option, text, where)
             except ParameterError as exc:
-                errors.append(str(exc))
+                errors.append(str(exc).removeprefix(f"{where}: ").rstrip("."))
         raise ParameterError(f"{where}: cannot read {text!r} ({'; '.join(errors)}).")
     if origin is typing.Literal:
         choices = typing.get_args(hint)
