@@ -34,6 +34,7 @@ class TargetEvaluation:
     defenses: list[Resolved] = field(default_factory=list)
     memorization_report: MemorizationReport | None = None
     rouge_l_samples: np.ndarray | None = None  # per eval sample, for paired CIs of defended − undefended
+    teacher_rkl: dict[str, float] | None = None  # reverse KL to the teacher before/after training (run.divergence)
 
 
 def run_attacks(
