@@ -13,8 +13,10 @@ import torch
 from kdbench_plugins.distillers.gkd import gkd_loss
 from kdbench_plugins.distillers.minillm import ADVANTAGES, MiniLLMParams, collect_rollouts, with_advantages
 
+from kdbench.core.errors import KdbenchError, ParameterError
 from kdbench.core.params import build_params
 from kdbench.core.registry import get_registry
+from kdbench.core.types import Encoded
 from kdbench.distill.policy_gradient import returns, rewards, whiten
 from kdbench.distill.strategies import GOLD, REPLAY, STUDENT
 from kdbench.training.loop import collate
@@ -167,7 +169,7 @@ def mean_logprob_of(model: Any, target: int) -> float:
 
 FAST = {"kd": {}, "seqkd": {"max_new_tokens": "4"}, "gkd": {"max_new_tokens": "4"},
         "imitkd": {"max_new_tokens": "4"}, "distillm": {"max_new_tokens": "4"},
-        "minillm": {"max_new_tokens": "4", "iterations": "16", "rollouts": "8", "init_epochs": "0", "lr": "3e-3"}}
+        "minillm": {"max_new_tokens": "4", "iterations": "16", "rollouts": "8", "lr": "3e-3"}}  # no warm start
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
@@ -180,3 +182,36 @@ def test_each_distiller_moves_the_student_toward_the_teacher(name: str) -> None:
     distiller(name, **FAST[name]).distill(j)
     after = mean_logprob_of(j.student, y)
     assert after > before + 0.5, (before, after)
+
+
+# --- [Z]'s language-modelling term ----------------------------------------------------------------------------
+
+
+def test_lm_term_adds_lm_coef_times_the_cross_entropy_on_pretraining_text() -> None:
+    """One pre-training text repeated, so whichever batch is drawn it is that text: the term is lm_coef times the
+    mean NLL of every token after the first, computed here from the logits."""
+    text = data(1)[0]
+    document = Encoded(text.input_ids[:1], text.input_ids[1:])  # the whole sequence as plain text
+    j = job(teacher=tiny_model(1), student=tiny_model(2))
+    j.lm_coef, j.pretrain = 0.7, [document] * 4
+    batch = collate(data(4), j.pad_id)
+    base = gkd_loss(j, 0.1, 1.0)
+    j.student.eval()
+    with torch.no_grad():
+        got = j.with_lm_term(base)(j.student, batch)
+        expected_base = base(j.student, batch)
+        ids = torch.tensor([document.input_ids])
+        logq = torch.log_softmax(j.student(input_ids=ids).logits[0, :-1].double(), -1)
+    nll = -logq[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean()
+    torch.testing.assert_close(got.double(), expected_base.double() + 0.7 * nll, atol=1e-5, rtol=1e-5)
+    j.lm_coef = 0.0
+    assert j.with_lm_term(base) is base
+
+
+def test_lm_term_without_pretraining_text_is_refused() -> None:
+    j = job()
+    j.lm_coef = 1.0
+    with pytest.raises(KdbenchError, match=r"lm_coef=1\.0 needs pre-training text"):
+        j.with_lm_term(gkd_loss(j, 0.1, 1.0))
+    with pytest.raises(ParameterError, match="lm_coef"):
+        distiller("kd", lm_coef="-1")

@@ -80,6 +80,7 @@ SCHEMA: dict[str, Field] = {
         "categories": Field((list,), values=Field((str,))),
     }),
     "distill_on": Field((str,), choices=("public", "private")),
+    "pretrain_text": Field((str,)),
     "evaluation": Field((dict,), children={
         "n_attack": Field((int,), minimum=2),
         "n_eval": Field((int,), minimum=1),
@@ -139,6 +140,7 @@ class Task:
     tags: tuple[str, ...] = ()
     protocol: str = "shuffle"
     distill_on: str = "public"
+    pretrain_text: str | None = None  # a local text file (one document per line) for distillers' lm_coef term
     template: PromptTemplate = field(default_factory=PromptTemplate)
     evaluation: Evaluation = field(default_factory=Evaluation)
     models: Models = field(default_factory=Models)
@@ -336,6 +338,7 @@ def _build(data: dict[str, Any], path: Path, includes: tuple[Path, ...]) -> Task
         tags=tuple(data.get("tags", ())),
         protocol=splits.get("protocol", "shuffle"),
         distill_on=data.get("distill_on", "public"),
+        pretrain_text=data.get("pretrain_text"),
         template=PromptTemplate(
             template.get("with_context", ALPACA_WITH_CONTEXT), template.get("no_context", ALPACA_NO_CONTEXT)
         ),

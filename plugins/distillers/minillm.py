@@ -16,9 +16,8 @@ start as the no-KD baseline's recipe.
 
 Where kdbench still differs from [Z]: [Z] runs 5,000 iterations at a constant 5e-6 after 100 warm-up steps on a
 pretrained GPT-2; kdbench's default budget is ``iterations`` 80 at the task's student learning rate and schedule
-(the tiny default's students are trained from scratch, where 5e-6 would not move them). Not reproduced: the
-language-modelling term on pre-training text (OpenWebText in DistiLLM, ``lm_coef`` 1), as kdbench has no
-pre-training corpus.
+(the tiny default's students are trained from scratch, where 5e-6 would not move them). ``lm_coef`` (0 by default;
+[Z]: 1 on OpenWebText) adds the language-modelling term on the task's pre-training text (see DistillJob.with_lm_term).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from kdbench.api import (
     ParameterError,
     PolicyPart,
     Register,
+    check_lm_coef,
     check_overrides,
     check_positive,
     check_probability,
@@ -68,8 +68,8 @@ class MiniLLMParams:
     ``iterations`` optimiser steps ([Z]: 5,000; the default task's other students take 114) over rounds of
     ``rollouts`` samples (DistiLLM: 256), each round giving rollouts / batch size × ``ppo_epochs`` steps.
     ``lr``: None = the task's student lr ([Z]'s 5e-6 is for pretrained students). ``init_epochs``: the SFT
-    warm start (0 = none, [Z]'s setting and the default; None = the task's student epochs). ``max_new_tokens``: None = up to the task's total
-    length."""
+    warm start (0 = none, [Z]'s setting and the default; None = the task's student epochs). ``max_new_tokens``:
+    None = up to the task's total length. ``lm_coef``: the language-modelling term's weight (0 = none)."""
 
     iterations: int = 80
     rollouts: int = 64
@@ -84,6 +84,7 @@ class MiniLLMParams:
     init_epochs: int | None = 0
     max_new_tokens: int | None = None
     lr: float | None = None
+    lm_coef: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("iterations", "rollouts", "ppo_epochs", "reward_scaling", "reward_clip", "max_new_tokens"):
@@ -94,6 +95,7 @@ class MiniLLMParams:
         if self.init_epochs is not None and self.init_epochs < 0:
             raise ParameterError(f"minillm: init_epochs={self.init_epochs!r} must be >= 0 (or none).")
         check_overrides("minillm", self.lr)
+        check_lm_coef("minillm", self.lm_coef)
 
 
 @dataclass(frozen=True)
