@@ -14,11 +14,14 @@ from kdbench_plugins.distillers.gkd import gkd_loss
 from kdbench_plugins.distillers.minillm import ADVANTAGES, MiniLLMParams, collect_rollouts, with_advantages
 
 from kdbench.core.errors import KdbenchError, ParameterError
-from kdbench.core.params import build_params
+from kdbench.core.params import PluginSpec, build_params
 from kdbench.core.registry import get_registry
 from kdbench.core.types import Encoded
 from kdbench.distill.policy_gradient import returns, rewards, whiten
 from kdbench.distill.strategies import GOLD, REPLAY, STUDENT
+from kdbench.models.families import get_family
+from kdbench.run.plan import distiller_with_defaults
+from kdbench.tasks.manifest import load_task
 from kdbench.training.loop import collate
 from tests.distill_helpers import (
     data,
@@ -215,3 +218,16 @@ def test_lm_term_without_pretraining_text_is_refused() -> None:
         j.with_lm_term(gkd_loss(j, 0.1, 1.0))
     with pytest.raises(ParameterError, match="lm_coef"):
         distiller("kd", lm_coef="-1")
+
+
+def test_z_presets_sit_beneath_the_users_parameters() -> None:
+    registry = get_registry()
+    task = load_task("dolly")
+    family = get_family("gpt2").distillers
+    spec = distiller_with_defaults(registry, PluginSpec("minillm", (("lr", "1e-5"),)), task.distillers, family)
+    assert dict(spec.raw) == {"lr": "1e-5", "lm_coef": "1", "iterations": "5000"}  # the user's lr wins
+    assert dict(distiller_with_defaults(registry, PluginSpec("kd"), {"kd": {"bogus": 1}}, family).raw) == {"lr": "5e-5"}
+    opt = get_family("opt").distillers
+    assert all(values["lm_coef"] == "1" for values in opt.values())  # [Z]: the LM term for all six on OPT
+    assert {name: v["lr"] for name, v in task.distillers.items()} == {
+        "kd": 5e-5, "seqkd": 5e-4, "gkd": 5e-4, "imitkd": 5e-4, "distillm": 1e-4, "minillm": 5e-6}

@@ -81,6 +81,8 @@ SCHEMA: dict[str, Field] = {
     }),
     "distill_on": Field((str,), choices=("public", "private")),
     "pretrain_text": Field((str,)),
+    # per-distiller parameter defaults ([Z]'s learning rates, lm_coef, MiniLLM's iterations); the user's win
+    "distillers": Field((dict,), values=Field((dict,), values=Field((int, float, str)))),
     "evaluation": Field((dict,), children={
         "n_attack": Field((int,), minimum=2),
         "n_eval": Field((int,), minimum=1),
@@ -141,6 +143,7 @@ class Task:
     protocol: str = "shuffle"
     distill_on: str = "public"
     pretrain_text: str | None = None  # a local text file (one document per line) for distillers' lm_coef term
+    distillers: dict[str, dict[str, Any]] = field(default_factory=dict)  # parameter defaults per distiller
     template: PromptTemplate = field(default_factory=PromptTemplate)
     evaluation: Evaluation = field(default_factory=Evaluation)
     models: Models = field(default_factory=Models)
@@ -339,6 +342,7 @@ def _build(data: dict[str, Any], path: Path, includes: tuple[Path, ...]) -> Task
         protocol=splits.get("protocol", "shuffle"),
         distill_on=data.get("distill_on", "public"),
         pretrain_text=data.get("pretrain_text"),
+        distillers={name: dict(values) for name, values in data.get("distillers", {}).items()},
         template=PromptTemplate(
             template.get("with_context", ALPACA_WITH_CONTEXT), template.get("no_context", ALPACA_NO_CONTEXT)
         ),
