@@ -34,6 +34,7 @@ from kdbench.distill.job import Distiller, DistillJob, distillation_loss
 from kdbench.distill.params import (
     DistillerParams,
     ObjectiveName,
+    check_lm_coef,
     check_objective,
     check_overrides,
     check_positive,
@@ -101,6 +102,7 @@ __all__ = [
     "TrainConfig",
     "best_balanced_accuracy",
     "chain",
+    "check_lm_coef",
     "check_objective",
     "check_overrides",
     "check_positive",

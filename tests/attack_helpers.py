@@ -57,9 +57,11 @@ class AttackWorld:
         return ScoringContext(host, host.target, list(samples or self.members + self.nonmembers))
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
-        out = [encode_text(t, self.tokenizer, MAX_TOKENS) for t in texts]
-        assert all(e is not None for e in out)
-        return [e for e in out if e is not None]
+        """MIMIR's encoding, written here rather than through kdbench's: ``tokenizer(text)`` (this tokenizer adds
+        no BOS), cut to MAX_TOKENS, every token after the first scored."""
+        rows = [self.tokenizer(t)["input_ids"][:MAX_TOKENS] for t in texts]
+        assert all(len(ids) > 1 for ids in rows)
+        return [Encoded((ids[0],), tuple(ids[1:])) for ids in rows]
 
 
 def _train(tokenizer: Any, texts: Sequence[str], out: Path) -> Path:

@@ -17,13 +17,13 @@ from scipy.stats import norm
 
 from kdbench.core.params import build_params, parse_specs
 from kdbench.core.registry import get_registry
-from kdbench.core.types import Encoded
 from kdbench.models import hub as models
 from kdbench.scoring.context import ScoringContext, ShadowRecipe
 from kdbench.scoring.inputs import AttackInputs
 from kdbench.scoring.needs import is_reference
 from kdbench.scoring.variants import neighbour_rng, neighbour_text
 from tests.attack_helpers import (
+    MAX_TOKENS,
     SHADOW,
     AttackWorld,
     auc,
@@ -103,7 +103,29 @@ def test_lowercase_difference_and_ratio(world: AttackWorld, subset: ScoringConte
     np.testing.assert_allclose(scores(subset, "lowercase", mode="ratio"), -nll / nll_lower, rtol=RTOL, atol=ATOL)
 
 
+class ScriptedRandom(random.Random):
+    """An RNG that returns the given draws in order, so neighbour_text can be checked by hand."""
+
+    def __init__(self, draws: list[float]) -> None:
+        super().__init__(0)
+        self.draws = list(draws)
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+
+def test_neighbour_text_swaps_or_deletes_the_chosen_words() -> None:
+    # words 0 and 2 are chosen (draws < rate); edited from the end: word 2 swapped with 3, then word 0 deleted
+    assert neighbour_text("a b  c d", 0.5, ScriptedRandom([0.1, 0.9, 0.2, 0.9, 0.3, 0.7])) == "b d c"
+    # nothing chosen: one forced edit at randrange's pick; the last word cannot swap, so it is deleted
+    rng = ScriptedRandom([0.9, 0.9, 0.9, 0.1])
+    rng.randrange = lambda n: n - 1  # type: ignore[method-assign]
+    assert neighbour_text("a b c", 0.5, rng) == "a b"
+    assert neighbour_text("single", 0.5, ScriptedRandom([])) == "single"
+
+
 def test_neighbourhood(world: AttackWorld, subset: ScoringContext, model: Any) -> None:
+    """The neighbours come from neighbour_text (checked by hand above); the score from a separate definition."""
     n, rate, seed = 3, 0.2, 1
     expected = []
     for text in texts(subset):
@@ -116,14 +138,22 @@ def test_neighbourhood(world: AttackWorld, subset: ScoringContext, model: Any) -
 
 
 def test_recall_conditions_on_a_nonmember_prefix(world: AttackWorld, subset: ScoringContext, model: Any) -> None:
+    """MIMIR's layout: ``tokenizer(prefix)`` then every token of the text (no BOS between), all scored; the
+    prefix (kdbench: ``shots`` reference texts drawn with ``seed``, each followed by a blank line) keeps its end
+    when it must be cut to fit the context."""
     shots, seed = 2, 4
     prefix_text = "".join(e.response + "\n\n" for e in random.Random(seed).sample(world.reference, shots))
-    prefix = world.tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
+    prefix = world.tokenizer(prefix_text)["input_ids"]
     expected = []
-    for e in world.encode(texts(subset)):
-        room = model.config.n_positions - len(e.input_ids)
-        conditioned = Encoded(tuple(prefix[-room:]) + e.prompt_ids, e.response_ids)
-        expected.append(token_logprobs(model, conditioned).mean() / token_logprobs(model, e).mean())
+    for text, e in zip(texts(subset), world.encode(texts(subset)), strict=True):
+        body = world.tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
+        room = model.config.n_positions - len(body)
+        kept = prefix[max(0, len(prefix) - room):]
+        ids = torch.tensor([kept + body])
+        with torch.no_grad():
+            logq = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        conditional = logq[torch.arange(len(kept) - 1, len(kept) + len(body) - 1), torch.tensor(body)].mean()
+        expected.append(float(conditional) / token_logprobs(model, e).mean())
     np.testing.assert_allclose(scores(subset, "recall", shots=shots, seed=seed), expected, rtol=RTOL, atol=ATOL)
 
 

@@ -38,6 +38,15 @@ def test_results_have_the_fields_of_record(small_run_dir: Path) -> None:
     assert teacher["distiller"] is None and teacher["defense"] is None
 
 
+def test_students_and_baseline_record_their_reverse_kl_to_the_teacher(small_run_dir: Path) -> None:
+    records = load_records([small_run_dir])
+    by_target = {r["target"]: r["teacher_rkl"] for r in records}
+    assert by_target["teacher"] is None
+    student, baseline = by_target["student"], by_target["baseline"]
+    assert student["before"] == baseline["before"] > 0  # one initialisation (student base, the run's seed)
+    assert student["after"] < student["before"]  # kd moved the student toward the teacher
+
+
 def test_run_json_has_provenance(small_run_dir: Path) -> None:
     info = json.loads((small_run_dir / "run.json").read_text())
     assert set(info) | set(info["groups"][0]) >= RUN_FIELDS

@@ -198,18 +198,34 @@ def test_adaptive_threshold_rises_by_a_step_on_each_validation_rise(monkeypatch:
 def test_adaptive_schedule_picks_fresh_replay_or_gold_by_the_draw(monkeypatch: pytest.MonkeyPatch) -> None:
     x = token("name")
     j = job(student=rig(tiny_model(2), x))
-    strategy = sgo(j, total=10, steps_per_epoch=100)
+    strategy = sgo(j, total=10, steps_per_epoch=100, capacity=12)  # three batches of 4 fill the buffer
     monkeypatch.setattr(strategy, "validation_loss", lambda: 1.0)
     strategy.state.threshold = 0.5
-    # at step 4 of 10: fresh below 0.5 * (1 - 5/10) = 0.25, replay below 0.5, gold above
-    expected = [(0.3, STUDENT), (0.2, STUDENT), (0.3, REPLAY), (0.6, GOLD), (0.1, STUDENT), (0.45, REPLAY)]
-    for r, want in expected:  # the first 0.3 finds the buffer empty, so it samples fresh instead of replaying
+    # at step 4 of 10: fresh below 0.5 * (1 - 5/10) = 0.25, replay below 0.5, gold above. DistiLLM samples fresh
+    # instead of replaying until the buffer is full: the first two 0.3 draws (buffer at 0, then 8 of 12) sample.
+    expected = [(0.3, STUDENT), (0.2, STUDENT), (0.3, STUDENT), (0.3, REPLAY), (0.6, GOLD), (0.1, STUDENT),
+                (0.45, REPLAY)]
+    sizes = []
+    for r, want in expected:
         monkeypatch.setattr(strategies, "_uniform", lambda generator, r=r: r)
         source, batch = strategy.choose(4, gold_batch(j, 0))
         assert source == want, r
+        sizes.append(len(strategy.buffer))
         if source in (STUDENT, REPLAY):
             assert all(resp == [x] * 4 for resp in responses(batch))
-    assert len(strategy.buffer) == 12
+    assert sizes == [4, 8, 12, 12, 12, 12, 12]
+
+
+def test_adaptive_replay_draws_sample_fresh_until_the_default_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[D]'s rule with its capacity of 1,000: a replay draw never replays while the buffer holds fewer."""
+    j = job(student=rig(tiny_model(2), token("name")))
+    strategy = sgo(j, total=10, steps_per_epoch=100)
+    assert strategy.buffer.items.maxlen == 1000
+    monkeypatch.setattr(strategy, "validation_loss", lambda: 1.0)
+    monkeypatch.setattr(strategies, "_uniform", lambda generator: 0.3)
+    strategy.state.threshold = 0.5
+    assert [strategy.choose(4, gold_batch(j, 0))[0] for _ in range(5)] == [STUDENT] * 5
+    assert len(strategy.buffer) == 20
 
 
 def test_adaptive_schedule_starts_as_pure_ground_truth() -> None:

@@ -2,8 +2,11 @@
 
 Sample files are JSONL (``.jsonl`` / ``.json``: one object per line with ``text``, or ``instruction``,
 optional ``context``, and ``response``) or plain text (any other suffix: one sample per line; blank lines are
-skipped). ``text`` samples are scored whole (after the tokenizer's BOS, or after their first token when it
-has none); instruction samples get the Alpaca template and only their response is scored, as in kdbench run.
+skipped). ``text`` samples are encoded as ``tokenizer(text)`` encodes them (a Llama tokenizer adds its BOS,
+GPT-2's adds nothing: a model fine-tuned the usual Hugging Face way never saw a BOS it was not given) and every
+token after the first is scored, as MIMIR does; ``--bos prepend`` prepends the declared BOS instead and scores
+every text token. Instruction samples get the Alpaca template and only their response is scored, as in kdbench
+run.
 Member and non-member files may differ in size (the AUC does not depend on the balance); both sizes are
 reported and a warning says what the imbalance changes. Everything is batched and cached like a run.
 """
@@ -40,6 +43,8 @@ TEXT = "text"  # the category of plain-text samples: scored whole, no prompt tem
 MIN_SAMPLES = 2  # per file: below this an AUC (let alone a CI) means nothing
 FEW_SAMPLES = 20  # below this per class, warn that the CI will be wide
 JSONL_SUFFIXES = (".jsonl", ".json")
+TOKENIZER, PREPEND = "tokenizer", "prepend"  # text encodings: as tokenizer(text) encodes it, or [BOS] + text
+TEXT_ENCODINGS = (TOKENIZER, PREPEND)
 RECORD_HELP = "Each line must be a JSON object with 'text', or with 'instruction' (optional 'context') and 'response'."
 
 
@@ -129,15 +134,35 @@ def input_warnings(members: Sequence[Example], nonmembers: Sequence[Example]) ->
     return warnings
 
 
-def encode_text(text: str, tokenizer: Any, max_tokens: int) -> Encoded | None:
-    """A plain text scored whole: after the BOS token, or after its first token when the tokenizer has no BOS
-    (None if nothing is then left to score)."""
-    return _text_encoding(tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.bos_token_id, max_tokens)
+def encode_text(text: str, tokenizer: Any, max_tokens: int, bos: str = TOKENIZER) -> Encoded | None:
+    """A plain text as :class:`AuditHost` encodes it (None if nothing is left to score)."""
+    return text_encodings([text], tokenizer, max_tokens, bos)[0]
 
 
-def _text_encoding(ids: Sequence[int], bos: int | None, max_tokens: int) -> Encoded | None:
-    prompt, response = ([bos], ids[: max_tokens - 1]) if bos is not None else (ids[:1], ids[1:max_tokens])
-    return Encoded(tuple(prompt), tuple(response)) if response else None
+def text_encodings(texts: Sequence[str], tokenizer: Any, max_tokens: int, bos: str = TOKENIZER) -> list[Encoded | None]:
+    """Plain texts scored whole. ``tokenizer``: ids as ``tokenizer(text)`` gives them, the first unscored
+    (nothing conditions it; a BOS when the tokenizer adds one). ``prepend``: the declared BOS, then every text
+    token scored. None where nothing is left to score (a one-token text under ``tokenizer``)."""
+    if bos not in TEXT_ENCODINGS:
+        raise KdbenchError(f"Unknown text encoding {bos!r}; use one of {', '.join(TEXT_ENCODINGS)}.")
+    if bos == TOKENIZER:
+        rows = tokenizer(list(texts))["input_ids"]
+        return [Encoded(tuple(ids[:1]), tuple(ids[1:max_tokens])) if len(ids) > 1 else None for ids in rows]
+    if tokenizer.bos_token_id is None:
+        raise KdbenchError("--bos prepend needs a BOS token, and this tokenizer declares none; use --bos tokenizer.")
+    rows = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [Encoded((tokenizer.bos_token_id,), tuple(ids[: max_tokens - 1])) if ids else None for ids in rows]
+
+
+def added_lead(tokenizer: Any) -> tuple[int, ...]:
+    """The special tokens ``tokenizer(text)`` puts before a text (a Llama tokenizer's BOS; nothing for GPT-2's)."""
+    probe = "a"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start])
+    return ()
 
 
 def model_ref(ref: str, what: str) -> str:
@@ -167,11 +192,12 @@ class AuditHost(ScoringHost):
         reference_text: Sequence[Example] | None = None,
         seed: int = 0,
         trust_remote_code: bool = False,
+        bos: str = TOKENIZER,
     ) -> None:
         self.cache, self.device, self.reporter = cache, device, reporter or NullReporter()
         self.batch_size, self.base, self.reference_text, self.seed = batch_size, base, reference_text, seed
         self.template = template or PromptTemplate()
-        self.trust_remote_code = trust_remote_code
+        self.trust_remote_code, self.bos = trust_remote_code, bos
         self.target = target
         self._models: dict[str, Any] = {target.key: models.load_model(target.path, device, trust_remote_code)}
         try:
@@ -191,9 +217,8 @@ class AuditHost(ScoringHost):
         texts = [i for i, e in enumerate(examples) if e.category == TEXT]
         others = [i for i, e in enumerate(examples) if e.category != TEXT]
         if texts:
-            ids = tokenizer([examples[i].response for i in texts], add_special_tokens=False)["input_ids"]
-            bos = tokenizer.bos_token_id
-            out |= {i: _text_encoding(row, bos, self.max_tokens) for i, row in zip(texts, ids, strict=True)}
+            rows = text_encodings([examples[i].response for i in texts], tokenizer, self.max_tokens, self.bos)
+            out |= dict(zip(texts, rows, strict=True))
         if others:
             encoded = encode([examples[i] for i in others], tokenizer, self.template, self.max_prompt_tokens,
                              self.max_tokens)
@@ -202,13 +227,25 @@ class AuditHost(ScoringHost):
         for i, e in enumerate(examples):
             item = out[i]
             if item is None:
-                raise KdbenchError(f"Sample {e.id} is a single token; with no BOS token to condition on, nothing is "
-                                   "left to score. Remove it or give longer texts.")
+                raise KdbenchError(f"Sample {e.id} is a single token and the tokenizer adds no BOS to condition it on: "
+                                   "nothing is left to score. Remove it, give longer texts, or pass --bos prepend.")
             result.append(item)
         return result
 
     def full_text(self, example: Example) -> str:
         return example.response if example.category == TEXT else self.template.prompt(example) + example.response
+
+    def after_prefix(self, prefix: Sequence[int], example: Example, encoded: Encoded) -> Encoded:
+        """A plain text after a ReCaLL prefix, joined as MIMIR joins them: the prefix as ``tokenizer(prefix)``
+        encodes it (its BOS, if the tokenizer adds one, or the prepended BOS), then every text token, scored, with
+        no BOS between them."""
+        if example.category != TEXT:
+            return super().after_prefix(prefix, example, encoded)
+        lead = (self._tokenizer.bos_token_id,) if self.bos == PREPEND else added_lead(self._tokenizer)
+        head = lead + tuple(prefix)
+        if not head:  # no room for a prefix and nothing to condition the first token on: the plain encoding
+            return encoded
+        return Encoded(head, encoded.input_ids[len(lead) :])
 
     def load(self, trained: TrainedModel) -> Any:
         if trained.key not in self._models:
@@ -269,6 +306,7 @@ class AuditResult:
     attacks: dict[str, metrics.MembershipMetrics]
     scores: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    text_encoding: str = TOKENIZER
     cache_builds: int = 0
     cache_hits: int = 0
 
@@ -285,12 +323,14 @@ class AuditResult:
             "members": {"file": str(self.members), "n": self.n_members},
             "nonmembers": {"file": str(self.nonmembers), "n": self.n_nonmembers},
             "warnings": self.warnings,
+            "text_encoding": self.text_encoding,
             "attacks": {label: attack_json(m) for label, m in self.attacks.items()},
             "cache": {"built": self.cache_builds, "reused": self.cache_hits},
         }
 
     def scores_jsonl(self) -> str:
-        meta = {"target": "audit", "model": self.model, "model_key": self.model_key}
+        meta = {"target": "audit", "model": self.model, "model_key": self.model_key,
+                "text_encoding": self.text_encoding}
         return score_lines(meta, self.sample_ids, self.n_members, self.scores)
 
 
@@ -308,6 +348,7 @@ class AuditConfig:
     max_tokens: int = 512
     device: str = "auto"
     trust_remote_code: bool = False
+    bos: str = TOKENIZER  # how plain texts are encoded: TOKENIZER or PREPEND (see text_encodings)
 
 
 def run_audit(
@@ -325,7 +366,7 @@ def run_audit(
     host = AuditHost(
         target, cache=cache, device=models.resolve_device(config.device), reporter=reporter,
         batch_size=config.batch_size, max_tokens=config.max_tokens, base=config.base, reference_text=reference_text,
-        seed=config.seed, trust_remote_code=config.trust_remote_code,
+        seed=config.seed, trust_remote_code=config.trust_remote_code, bos=config.bos,
     )
     host.check_needs([(a.label, a.instance.needs) for a in attacks])
     builds, hits = len(cache.builds), len(cache.hits)
@@ -333,6 +374,6 @@ def run_audit(
     results, scores = run_attacks(attacks, scoring, len(members), seed=config.seed, n_resamples=config.bootstrap)
     return AuditResult(
         config.model, target.key, config.members, config.nonmembers, [e.id for e in scoring.samples],
-        len(members), len(nonmembers), results, scores, input_warnings(members, nonmembers),
+        len(members), len(nonmembers), results, scores, input_warnings(members, nonmembers), config.bos,
         len(cache.builds) - builds, len(cache.hits) - hits,
     )

@@ -37,11 +37,14 @@ _FILE = click.Path(path_type=Path, dir_okay=True)  # existence and format are ch
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(min=2),
               help="Longest sample in tokens (capped at the model's context).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--bos", type=click.Choice(["tokenizer", "prepend"]), default="tokenizer", show_default=True,
+              help="Plain texts: encoded as tokenizer(text) encodes them, first token unscored (MIMIR's convention), "
+              "or 'prepend': the tokenizer's BOS first and every text token scored.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub (off by default).")
 def audit(
     model: str, members: Path, nonmembers: Path, attacks: tuple[str, ...], base: str | None,
     reference_text: Path | None, as_json: bool, scores_out: Path | None, seed: int, bootstrap: int, batch_size: int,
-    max_tokens: int, device: str, trust_remote_code: bool,
+    max_tokens: int, device: str, bos: str, trust_remote_code: bool,
 ) -> None:
     """Membership inference against MODEL: e.g. `kdbench audit --model DIR --members m.jsonl --nonmembers n.jsonl
     --attack loss,zlib,mink++`. Scores: higher = more likely member; AUC is never flipped."""
@@ -67,7 +70,7 @@ def audit(
     config = AuditConfig(
         model=model, members=members, nonmembers=nonmembers, attacks=parse_specs(attacks), base=base,
         reference_text=reference_text, seed=seed, bootstrap=bootstrap, batch_size=batch_size, max_tokens=max_tokens,
-        device=device, trust_remote_code=trust_remote_code,
+        device=device, trust_remote_code=trust_remote_code, bos=bos,
     )
     result = run_audit(config, get_registry(), reporter=NullReporter() if as_json else RichReporter(err))
     for warning in result.warnings:

@@ -4,7 +4,7 @@ training loop with the defenses' hooks already wired in; plus the KD loss every 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,8 +23,11 @@ from kdbench.training.loop import (
     LoopSettings,
     LossFn,
     OptimizerHook,
+    batches,
     response_cross_entropy,
+    sft_loss,
     shifted,
+    to_device,
     train_loop,
     train_steps,
 )
@@ -66,6 +69,8 @@ class DistillJob:
     max_total_tokens: int = 512
     micro_batch: int | None = None  # rows per forward pass (kdbench.training.memory); None: the whole batch
     notes: dict[str, Any] = field(default_factory=dict)  # what the distillation chose and measured (to run.json)
+    lm_coef: float = 0.0  # weight of [Z]'s language-modelling term on ``pretrain`` (a distiller's lm_coef)
+    pretrain: Sequence[Encoded] = ()  # pre-training text, every token after the first scored
 
     @property
     def pad_id(self) -> int:
@@ -127,9 +132,34 @@ class DistillJob:
             prepare=prepare, optimizer_hook=self.optimizer_hook, micro_batch=self.micro_batch,
         )
 
+    def with_lm_term(self, loss_fn: LossFn) -> LossFn:
+        """``loss_fn`` + lm_coef · cross-entropy on the next batch of pre-training text: [Z]'s (DistiLLM's)
+        ``lm_coef`` term, which keeps the student a language model while it distils. Unchanged at lm_coef 0.
+        Each call draws a fresh batch (with micro-batches, one per micro-batch), in shuffled passes."""
+        if self.lm_coef == 0.0:
+            return loss_fn
+        if not self.pretrain:
+            raise KdbenchError(f"{self.label}: lm_coef={self.lm_coef} needs pre-training text, and the job has none "
+                               "(a task's 'pretrain_text' file, or its public split).")
+        generator = torch.Generator().manual_seed(self.generator("lm-term").initial_seed())  # CPU: randperm
+        size = self.config.batch_size
+
+        def endless() -> Iterator[dict[str, Tensor]]:
+            while True:
+                for _, batch in batches(self.pretrain, size, self.pad_id, generator):
+                    yield batch
+
+        stream = endless()
+
+        def loss(model: Any, batch: dict[str, Tensor]) -> Tensor:
+            lm_batch = to_device(next(stream), batch["input_ids"].device)
+            return loss_fn(model, batch) + self.lm_coef * sft_loss(model, lm_batch)
+
+        return loss
+
     def train(self, loss_fn: LossFn, config: TrainConfig, prepare: BatchHook | None = None) -> list[float]:
         self.teacher.to(self.device)
-        return train_loop(self.student, self.data, loss_fn, config, self.loop_settings(prepare))
+        return train_loop(self.student, self.data, self.with_lm_term(loss_fn), config, self.loop_settings(prepare))
 
     def train_steps(
         self,
@@ -141,7 +171,8 @@ class DistillJob:
     ) -> list[float]:
         """Like :meth:`train`, over ``total_steps`` batches made as training goes (e.g. PPO rollouts)."""
         self.teacher.to(self.device)
-        return train_steps(self.student, source, total_steps, loss_fn, config, self.loop_settings(prepare))
+        return train_steps(self.student, source, total_steps, self.with_lm_term(loss_fn), config,
+                           self.loop_settings(prepare))
 
 
 def distillation_loss(job: DistillJob, objective: str, kd_ratio: float = 1.0, **options: float) -> LossFn:

@@ -18,14 +18,16 @@ ObjectiveName = Literal["fkl", "rkl", "jsd", "tvd", "sfkl", "srkl"]
 @dataclass(frozen=True)
 class DistillerParams:
     """What every KD-family distiller takes: the weight of the KD term against cross-entropy on the gold response
-    (``kd_ratio``; [Z] uses 1.0), and optional ``lr``/``epochs`` overrides (None = the task's student training
-    config). A subclass adds its own fields and names, in class variables, which of them are probabilities
-    (checked in [0, 1]) and which are positive counts or sizes; an ``objective`` field is checked against
-    ``objectives``. ``check`` holds any other validation."""
+    (``kd_ratio``; [Z] uses 1.0), optional ``lr``/``epochs`` overrides (None = the task's student training
+    config), and ``lm_coef``, the weight of [Z]'s language-modelling term on pre-training text (0 = none;
+    :meth:`kdbench.distill.job.DistillJob.with_lm_term`). A subclass adds its own fields and names, in class
+    variables, which of them are probabilities (checked in [0, 1]) and which are positive counts or sizes; an
+    ``objective`` field is checked against ``objectives``. ``check`` holds any other validation."""
 
     kd_ratio: float = 1.0
     lr: float | None = None
     epochs: int | None = None
+    lm_coef: float = 0.0  # [Z]'s language-modelling term on pre-training text (1 for ImitKD/DistiLLM/MiniLLM on GPT-2)
 
     plugin: ClassVar[str] = "distiller"
     probabilities: ClassVar[tuple[str, ...]] = ()
@@ -42,6 +44,7 @@ class DistillerParams:
             check_positive(self.plugin, name, getattr(self, name))
         self.check()
         check_overrides(self.plugin, self.lr, self.epochs)
+        check_lm_coef(self.plugin, self.lm_coef)
 
     def check(self) -> None:
         """Checks beyond ranges (override in a subclass)."""
@@ -53,6 +56,12 @@ def check_overrides(owner: str, lr: float | None, epochs: int | None = None) -> 
         raise ParameterError(f"{owner}: lr={lr!r} must be a positive number (or none for the task's).")
     if epochs is not None and epochs < 1:
         raise ParameterError(f"{owner}: epochs={epochs!r} must be at least 1 (or none for the task's).")
+
+
+def check_lm_coef(owner: str, value: float) -> None:
+    """The language-modelling term's weight: finite and >= 0."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ParameterError(f"{owner}: lm_coef={value!r} must be a number >= 0 (0 = no language-modelling term).")
 
 
 def check_probability(owner: str, name: str, value: float) -> None:

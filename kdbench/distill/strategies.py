@@ -49,6 +49,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def full(self) -> bool:
+        return len(self.items) == self.items.maxlen
+
     def add(self, sequences: Sequence[Encoded]) -> None:
         self.items.extend(sequences)
 
@@ -143,9 +147,9 @@ class AdaptiveSGO(Strategy):
     validation loss has risen by ``loss_eps`` (0.1) or more since the last reference (the loss before
     training, then the loss at the last rise); validation runs before training and after every epoch. Each
     step draws r ~ U(0, 1): r < φ·(1 − step/total) → fresh student samples (into the replay buffer, and the
-    step trains on them); else r < φ → a batch replayed from the buffer; else the ground truth. While the
-    buffer holds less than one batch a replay step samples fresh instead (DistiLLM's code likewise samples
-    fresh until its buffer is full, and cannot replay from an empty one).
+    step trains on them); else r < φ → a batch replayed from the buffer; else the ground truth. Until the buffer
+    is full (``capacity`` sequences, DistiLLM's 1,000) a replay step samples fresh instead, as DistiLLM's
+    ``finetune.py`` does (``len(replay_buffer) < args.capacity``): replay starts only from a full buffer.
 
     Validation loss: the student's cross-entropy on the ground-truth responses of ``validation``, a held-out
     slice of the distillation data (DistiLLM uses its dev split; kdbench has none, see :func:`split_off`).
@@ -181,7 +185,7 @@ class AdaptiveSGO(Strategy):
         threshold = self.state.threshold
         r = _uniform(self.generator)
         fresh = threshold * (1.0 - (step + 1) / self.total_steps)  # DistiLLM counts steps from 1
-        if r < fresh or (r < threshold and len(self.buffer) < n):
+        if r < fresh or (r < threshold and not self.buffer.full):
             sampled = self.sampler.for_batch(batch)
             self.buffer.add(sampled)
             return STUDENT, collate(sampled, self.job.pad_id)

@@ -38,6 +38,7 @@ class TargetEvaluation:
     # Reference baselines (``blind``): measured on the same samples, never counted as attacks (strongest, risk).
     references: dict[str, metrics.MembershipMetrics] = field(default_factory=dict)
     reference_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    teacher_rkl: dict[str, float] | None = None  # reverse KL to the teacher before/after training (run.divergence)
 
 
 def run_attacks(

@@ -18,6 +18,7 @@ class Family:
     notes: str = ""
     default_size: str = "small"
     lora: dict[str, float] = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05})
+    distillers: dict[str, dict[str, str]] = field(default_factory=dict)  # parameter defaults; the user's win
 
 
 _GPT2_TRAINING = {
@@ -26,16 +27,29 @@ _GPT2_TRAINING = {
     "student": TrainConfig(lr=5e-5, epochs=10, batch_size=8),
 }
 
+# [Z]'s per-distiller settings (its GPT-2 scripts): learning rates, the language-modelling term on pre-training text
+# (lm_coef 1 for ImitKD, DistiLLM and MiniLLM on GPT-2; for all six on OPT) and MiniLLM's 5,000 iterations.
+# Not reproduced: MiniLLM's constant schedule after 100 warm-up steps (kdbench's loop is cosine).
+_Z_RATES = {"kd": "5e-5", "seqkd": "5e-4", "gkd": "5e-4", "imitkd": "5e-4", "distillm": "1e-4", "minillm": "5e-6"}
+_GPT2_DISTILLERS = {
+    name: {"lr": lr, **({"lm_coef": "1"} if name in ("imitkd", "distillm", "minillm") else {})}
+    for name, lr in _Z_RATES.items()
+}
+_GPT2_DISTILLERS["minillm"]["iterations"] = "5000"
+_OPT_DISTILLERS = {name: {**values, "lm_coef": "1"} for name, values in _GPT2_DISTILLERS.items()}
+
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         teacher="gpt2-xl",
         students={"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large"},
         training=_GPT2_TRAINING,
+        distillers=_GPT2_DISTILLERS,
     ),
     "opt": Family(
         teacher="facebook/opt-2.7b",
         students={"small": "facebook/opt-125m", "medium": "facebook/opt-350m", "large": "facebook/opt-1.3b"},
         training=_GPT2_TRAINING,
+        distillers=_OPT_DISTILLERS,
     ),
     "llama": Family(
         teacher="openlm-research/open_llama_7b",

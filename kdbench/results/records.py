@@ -52,6 +52,7 @@ class ResultRecord:
     balanced_accuracy: float | None = None
     rouge_l_ci: list[float] | None = None
     memorization: dict[str, float] | None = None
+    teacher_rkl: dict[str, float] | None = None  # {"before", "after"}: reverse KL to the teacher (baseline, students)
     roc: dict[str, list[float]] | None = None
     git_commit: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +102,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "balanced_accuracy": (float, int, type(None)),
     "rouge_l_ci": (list, type(None)),
     "memorization": (dict, type(None)),
+    "teacher_rkl": (dict, type(None)),
     "roc": (dict, type(None)),
     "git_commit": (str, type(None)),
     "reference": (bool,),
@@ -193,6 +195,18 @@ def _non_finite(value: Any, where: str) -> Iterator[str]:
             yield from _non_finite(item, f"{where}[{index}]")
 
 
+def _teacher_rkl(obj: dict[str, Any]) -> Iterator[str]:
+    """Reverse KLs to the teacher, when a record has them: finite and non-negative, before and after."""
+    value = obj.get("teacher_rkl")
+    if value is None:
+        return
+    numbers = all(isinstance(value.get(k), (int, float)) and not isinstance(value.get(k), bool)
+                  for k in ("before", "after"))
+    if set(value) != {"before", "after"} or not numbers or not all(
+            math.isfinite(value[k]) and value[k] >= 0 for k in ("before", "after")):
+        yield "field 'teacher_rkl' must be {\"before\": KL, \"after\": KL}, finite and non-negative"
+
+
 def _per_block(obj: dict[str, Any]) -> Iterator[str]:
     """The per-block AUCs ``kdbench analyze blocks`` attached, when there are any."""
     blocks = (obj.get("provenance") or {}).get(PER_BLOCK_FIELD)
@@ -202,7 +216,7 @@ def _per_block(obj: dict[str, Any]) -> Iterator[str]:
 
 # In this order: a record's problems are listed as they always were.
 _VALUE_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
-    _target, _unit_intervals, _auc_ci, _rouge_l, _counts, _finite, _per_block,
+    _target, _unit_intervals, _auc_ci, _rouge_l, _counts, _finite, _per_block, _teacher_rkl,
 )
 
 

@@ -25,7 +25,7 @@ from kdbench.run.config import RunConfig
 from kdbench.run.context import RunContext
 from kdbench.run.evaluator import Evaluator
 from kdbench.run.grid import Cell
-from kdbench.run.plan import resolve
+from kdbench.run.plan import distiller_with_defaults, resolve
 from kdbench.run.student import build_student, distill_notes
 from kdbench.scoring.context import ScoringContext
 from kdbench.tasks.manifest import Task, load_task
@@ -176,7 +176,10 @@ def run_cell(
         registry = registry or get_registry()
         if ctx is None:
             ctx = own_context(config, cell, cache_root)
-        distiller = resolve(registry, "distillers", [cell.distiller])[0]
+        family = get_family(config.family).distillers if config.family else {}
+        spec = distiller_with_defaults(registry, cell.distiller, ctx.task.distillers, family)
+        distiller = resolve(registry, "distillers", [spec])[0]
+        distiller.label = str(cell.distiller)  # as the user named it; its params (records) carry the presets
         stack = resolve(registry, "defenses", list(cell.defenses))
         attacks = resolve(registry, "attacks", config.attacks)
         defenses = DefenseStack([d.instance for d in stack])

@@ -16,6 +16,7 @@ import torch
 
 from kdbench.core.cache import ArtifactCache, spec_key
 from kdbench.core.data import Example, content_hash
+from kdbench.core.errors import KdbenchError
 from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.types import Encoded, TrainConfig, TrainedModel
 from kdbench.models import hub as models
@@ -187,3 +188,28 @@ class RunContext:
 
     def distillation_data(self) -> list[Example]:
         return self.splits.roles[self.task.distill_on]
+
+    def pretraining_texts(self) -> list[str]:
+        """The text of distillers' language-modelling term (``lm_coef``): the task's ``pretrain_text`` file (one
+        document per line, relative to the task file), else the public split's prompts and responses as plain
+        text (no model is evaluated on it, and every run has it)."""
+        if self.task.pretrain_text is None:
+            return [self.task.template.prompt(e) + e.response for e in self.splits.roles["public"]]
+        path = Path(self.task.pretrain_text).expanduser()
+        path = path if path.is_absolute() else self.task.path.parent / path
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise KdbenchError(f"{self.task.path}: key 'pretrain_text' names {path}, which cannot be read "
+                               f"({exc.strerror or exc}). Give a UTF-8 text file, one document per line.") from None
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise KdbenchError(f"{self.task.path}: the 'pretrain_text' file {path} has no text.")
+        return texts
+
+    def pretraining_data(self) -> list[Encoded]:
+        """:meth:`pretraining_texts` tokenised whole and cut to the task's total length, every token after the
+        first a target (cross-entropy on all of the text, as a language model trains)."""
+        rows = self.tokenizer(self.pretraining_texts(), add_special_tokens=False)["input_ids"]
+        limit = self.task.models.max_total_tokens
+        return [Encoded((ids[0],), tuple(ids[1:limit])) for ids in rows if len(ids) > 1]

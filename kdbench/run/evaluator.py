@@ -13,6 +13,7 @@ from kdbench.evaluation.attacks import TargetEvaluation, run_attacks
 from kdbench.evaluation.memorization import DEFAULT_AGREEMENT_FPR, DEFAULT_THRESHOLD, MemorizationReport, agreement
 from kdbench.run import artifacts
 from kdbench.run.context import RunContext
+from kdbench.run.divergence import teacher_rkl
 from kdbench.run.host import RunHost
 from kdbench.scoring.context import ScoringContext
 from kdbench.scoring.needs import is_reference
@@ -65,10 +66,14 @@ class Evaluator:
         report = self._memorization(target, trained, results, all_scores)
         per_sample = self._utility(trained)
         rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
+        rkl = None
+        if target != "teacher":  # how far distillation (or the baseline's fine-tuning) moved it toward the teacher
+            self._teacher = self._teacher or ctx.teacher()
+            rkl = teacher_rkl(ctx, self._teacher, trained)
         return TargetEvaluation(
             target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
             [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
-            attack_errors=errors, references=references, reference_scores=reference_scores,
+            attack_errors=errors, references=references, reference_scores=reference_scores, teacher_rkl=rkl,
         )
 
     def memorization_rates(self, trained: TrainedModel) -> np.ndarray:

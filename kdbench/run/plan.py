@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,20 @@ def expand(registry: Registry, kind: str, specs: Sequence[PluginSpec]) -> list[P
     if not expanded:
         raise PluginError(f"No {kind} given. See `kdbench list {kind}`.")
     return expanded
+
+
+def distiller_with_defaults(
+    registry: Registry, spec: PluginSpec, *layers: Mapping[str, Mapping[str, Any]]
+) -> PluginSpec:
+    """``spec`` with parameter defaults for its plugin from ``layers`` (a task's, then a model family's: later
+    layers win) beneath the parameters the user gave, which always win. Only keys the plugin's Params has are
+    taken, so a preset never breaks a distiller that lacks, e.g., ``lm_coef``."""
+    known = {f.name for f in dataclasses.fields(registry.get("distillers", spec.name).cls.Params)}
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update({k: str(v) for k, v in layer.get(spec.name, {}).items() if k in known})
+    merged.update(dict(spec.raw))
+    return PluginSpec(spec.name, tuple(merged.items()))
 
 
 def resolve(registry: Registry, kind: str, specs: Sequence[PluginSpec]) -> list[Resolved]:

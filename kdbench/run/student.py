@@ -20,6 +20,7 @@ from kdbench.models import hub as models
 from kdbench.models.hub import model_config
 from kdbench.run.context import RunContext
 from kdbench.run.host import RunHost, attack_scorer
+from kdbench.scoring.host import encoded_hash
 
 NOTES_FILE = "distill_notes.json"
 """Beside a student: per student (one per shard), what its distillation chose and measured (``DistillJob.notes``,
@@ -54,6 +55,10 @@ def build_student(
         distiller={"name": distiller.name, "params": params_dict(distiller.params)},
         defenses=[{"name": d.name, "params": params_dict(d.params)} for d in defenses.defenses],
     )
+    lm_coef = float(getattr(distiller.params, "lm_coef", 0.0))
+    pretrain = ctx.pretraining_data() if lm_coef > 0 else []
+    if pretrain:
+        spec["pretrain"] = encoded_hash(pretrain)
     if defenses.uses_attack_samples:
         if attack_samples is None:
             raise KdbenchError(f"Defense stack {defense_label!r} sets thresholds on members and non-members; "
@@ -85,6 +90,8 @@ def build_student(
                 label=f"distilling {distiller_label} [{defense_label}]{part}",
                 max_total_tokens=ctx.task.models.max_total_tokens,
                 micro_batch=ctx.micro_batch,
+                lm_coef=lm_coef,
+                pretrain=pretrain,
             )
             students.append(distiller.distill(job))
             defenses.finish_student(index, students[-1])

@@ -73,6 +73,12 @@ class ScoringHost(ABC):
     def full_text(self, example: Example) -> str:
         """Prompt and response as one text (ReCaLL's prefixes)."""
 
+    def after_prefix(self, prefix: Sequence[int], example: Example, encoded: Encoded) -> Encoded:
+        """``example`` (encoded as ``encoded``) read after ReCaLL's prefix ``prefix`` (token ids of the prefix
+        text, no special tokens), scoring what ``encoded`` scores. A host whose encoding puts text in the prompt
+        (a plain text's first token) overrides this so every text token is scored, as MIMIR does."""
+        return Encoded(tuple(prefix) + encoded.prompt_ids, encoded.response_ids)
+
     @abstractmethod
     def load(self, trained: TrainedModel) -> Any:
         """The model, loaded once."""

@@ -27,14 +27,15 @@ class References(ScoringBase):
     """Reference and shadow models' log-probabilities on the samples, and token counts on a reference corpus."""
 
     def reference_logprob(self, name: str) -> np.ndarray:
-        """Per-sample mean log-probability under a reference model (encoded with its own tokenizer)."""
+        """Per-sample mean log-probability under a reference model, the samples encoded by its own tokenizer
+        (whether it adds a BOS included)."""
 
         def compute() -> np.ndarray:
             reference = self.host.reference(name, self.target)
             tokenizer = models.load_tokenizer(reference.path)
-            if tokenizer.get_vocab() == self.host.tokenizer.get_vocab():
+            encoded = self.host.encode(self.samples, tokenizer=tokenizer)  # as the reference reads them (MIMIR)
+            if encoded == self.encoded():  # the same ids (same vocabulary and special tokens): the shared pass
                 return mean_logprob(self.host.token_stats(reference, self.samples))
-            encoded = self.host.encode(self.samples, tokenizer=tokenizer)
             return mean_logprob(cached_stats(self.host, reference, encoded, "plain", pad_id=tokenizer.pad_token_id))
 
         return self._once(("reference", name), compute)

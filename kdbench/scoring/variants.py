@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from kdbench.core.data import Example
-from kdbench.core.types import Encoded
 from kdbench.models import hub as models
 from kdbench.scoring.base import ScoringBase
 from kdbench.scoring.host import cached_stats
@@ -75,14 +74,15 @@ class TextVariants(ScoringBase):
         return ids
 
     def prefixed_stats(self, shots: int, seed: int, max_prefix_tokens: int) -> TokenStats:
-        """Statistics of the samples after the ReCaLL prefix, cut (from its start) to fit the model's context."""
+        """Statistics of the samples after the ReCaLL prefix (joined by the host's ``after_prefix``), the prefix
+        cut from its start to fit the model's context."""
         prefix = self.recall_prefix(shots, seed)[-max_prefix_tokens:]
         limit = models.max_positions(self.model())
         encoded = []
-        for e in self.encoded():
-            room = max(0, limit - len(e.input_ids))
-            kept = prefix[len(prefix) - room :] if room else []
-            encoded.append(Encoded(tuple(kept) + e.prompt_ids, e.response_ids))
+        for sample, e in zip(self.samples, self.encoded(), strict=True):
+            room = max(0, limit - len(self.host.after_prefix([], sample, e).input_ids))
+            kept = prefix[max(0, len(prefix) - room) :] if room else []  # its end, nearest the sample
+            encoded.append(self.host.after_prefix(kept, sample, e))
         variant = f"recall:shots={shots},seed={seed},max={max_prefix_tokens}"
         return self._once(
             ("variant", variant), lambda: cached_stats(self.host, self.target, encoded, variant)

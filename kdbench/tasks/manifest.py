@@ -87,6 +87,9 @@ SCHEMA: dict[str, Field] = {
         "categories": Field((list,), values=Field((str,))),
     }),
     "distill_on": Field((str,), choices=("public", "private")),
+    "pretrain_text": Field((str,)),
+    # per-distiller parameter defaults ([Z]'s learning rates, lm_coef, MiniLLM's iterations); the user's win
+    "distillers": Field((dict,), values=Field((dict,), values=Field((int, float, str)))),
     "evaluation": Field((dict,), children={
         "n_attack": Field((int,), minimum=2),
         "n_nonmembers": Field((int,), minimum=2),
@@ -149,6 +152,8 @@ class Task:
     tags: tuple[str, ...] = ()
     protocol: str = "shuffle"
     distill_on: str = "public"
+    pretrain_text: str | None = None  # a local text file (one document per line) for distillers' lm_coef term
+    distillers: dict[str, dict[str, Any]] = field(default_factory=dict)  # parameter defaults per distiller
     template: PromptTemplate = field(default_factory=PromptTemplate)
     evaluation: Evaluation = field(default_factory=Evaluation)
     models: Models = field(default_factory=Models)
@@ -352,6 +357,8 @@ def _build(data: dict[str, Any], path: Path, includes: tuple[Path, ...]) -> Task
         tags=tuple(data.get("tags", ())),
         protocol=splits.get("protocol", "shuffle"),
         distill_on=data.get("distill_on", "public"),
+        pretrain_text=data.get("pretrain_text"),
+        distillers={name: dict(values) for name, values in data.get("distillers", {}).items()},
         template=PromptTemplate(
             template.get("with_context", ALPACA_WITH_CONTEXT), template.get("no_context", ALPACA_NO_CONTEXT)
         ),

@@ -8,10 +8,16 @@ them once: importance weights w = q/((1 − α)q + αp), per-token rewards log p
 :mod:`kdbench.distill.policy_gradient`, with whitened advantages, plus the single-step regulariser rkl(teacher,
 student) at every response position. Rounds repeat until ``iterations`` optimiser steps.
 
-Student initialisation: MiniLLM starts PPO from a student fine-tuned on the ground truth ([Z]/DistiLLM's
-``init`` checkpoints); ``init_epochs`` runs that SFT phase on the distillation data first (None = the task's
-student epochs, 0 = start PPO from the base model: prompts only). Not reproduced: the language-modelling term
-on pre-training text (OpenWebText in DistiLLM), as kdbench has no pre-training corpus.
+Student initialisation: [Z]'s ``minillm.sh`` starts PPO from the base checkpoint (its ``INIT_CKPT_PATH`` is
+computed and never used), so by default kdbench does too (``init_epochs`` 0: prompts only). ``init_epochs=N``
+(or ``none``: the task's student epochs) first fine-tunes the student on the distillation data's ground truth,
+as MiniLLM's paper does with its SFT ``init`` checkpoints — an explicit option, since it makes the student
+start as the no-KD baseline's recipe.
+
+Where kdbench still differs from [Z]: [Z] runs 5,000 iterations at a constant 5e-6 after 100 warm-up steps on a
+pretrained GPT-2; kdbench's default budget is ``iterations`` 80 at the task's student learning rate and schedule
+(the tiny default's students are trained from scratch, where 5e-6 would not move them). ``lm_coef`` (0 by default;
+[Z]: 1 on OpenWebText) adds the language-modelling term on the task's pre-training text (see DistillJob.with_lm_term).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from kdbench.api import (
     ParameterError,
     PolicyPart,
     Register,
+    check_lm_coef,
     check_overrides,
     check_positive,
     check_probability,
@@ -61,8 +68,8 @@ class MiniLLMParams:
     ``iterations`` optimiser steps ([Z]: 5,000; the default task's other students take 114) over rounds of
     ``rollouts`` samples (DistiLLM: 256), each round giving rollouts / batch size × ``ppo_epochs`` steps.
     ``lr``: None = the task's student lr ([Z]'s 5e-6 is for pretrained students). ``init_epochs``: the SFT
-    warm start (None = the task's student epochs; 0 = none). ``max_new_tokens``: None = up to the task's total
-    length."""
+    warm start (0 = none, [Z]'s setting and the default; None = the task's student epochs). ``max_new_tokens``:
+    None = up to the task's total length. ``lm_coef``: the language-modelling term's weight (0 = none)."""
 
     iterations: int = 80
     rollouts: int = 64
@@ -74,9 +81,10 @@ class MiniLLMParams:
     reward_clip: float = 100.0
     whiten: bool = True
     single_step_reg: bool = True
-    init_epochs: int | None = None
+    init_epochs: int | None = 0
     max_new_tokens: int | None = None
     lr: float | None = None
+    lm_coef: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("iterations", "rollouts", "ppo_epochs", "reward_scaling", "reward_clip", "max_new_tokens"):
@@ -87,6 +95,7 @@ class MiniLLMParams:
         if self.init_epochs is not None and self.init_epochs < 0:
             raise ParameterError(f"minillm: init_epochs={self.init_epochs!r} must be >= 0 (or none).")
         check_overrides("minillm", self.lr)
+        check_lm_coef("minillm", self.lm_coef)
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdbench.api import DistillJob, GroundTruth, Observer, Register, check_overrides, hookimpl, sft_loss, train_loop
+from kdbench.api import (
+    DistillJob,
+    GroundTruth,
+    Observer,
+    Register,
+    check_lm_coef,
+    check_overrides,
+    hookimpl,
+    sft_loss,
+    train_loop,
+)
 
 
 @dataclass(frozen=True)
 class SFTParams:
-    """``lr``/``epochs``: None = the task's student training config."""
+    """``lr``/``epochs``: None = the task's student training config. ``lm_coef``: weight of the language-modelling
+    term on pre-training text (0 = none)."""
 
     lr: float | None = None
     epochs: int | None = None
+    lm_coef: float = 0.0
 
     def __post_init__(self) -> None:
         check_overrides("sft", self.lr, self.epochs)
+        check_lm_coef("sft", self.lm_coef)
 
 
 class SFT:
@@ -33,7 +46,8 @@ class SFT:
     def distill(self, job: DistillJob) -> Any:
         # train_loop directly: DistillJob.train would move the teacher to the device, and sft never needs it.
         config = job.with_overrides(self.params.lr, self.params.epochs)
-        train_loop(job.student, job.data, sft_loss, config, job.loop_settings(GroundTruth(self.observers)))
+        loss = job.with_lm_term(sft_loss)
+        train_loop(job.student, job.data, loss, config, job.loop_settings(GroundTruth(self.observers)))
         return job.student
 
 
