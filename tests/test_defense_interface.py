@@ -200,7 +200,7 @@ def test_unknown_architecture_or_distiller_is_refused_up_front(monkeypatch: pyte
     from transformers import GPTNeoConfig
 
     registry = get_registry()
-    monkeypatch.setattr("kdbench.run.plan.model_config", lambda ref, trust: GPTNeoConfig())
+    monkeypatch.setattr("kdbench.models.hub.model_config", lambda ref, trust: GPTNeoConfig())
     with pytest.raises(KdbenchError, match="bottleneck does not know the FFN of a 'gpt_neo' model"):
         check_defenses(registry, [(PluginSpec("bottleneck"),)], [PluginSpec("kd")], {"some/gpt-neo"}, False)
     with pytest.raises(KdbenchError, match="sft distiller never reads the teacher"):
