@@ -103,8 +103,15 @@ blocks:
     # the same command again: every block resumes from the cache, nothing is appended twice
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0, again.output
+    after = [json.loads(line) for line in into.read_text(encoding="utf-8").splitlines()]
+    extra = after[len(records):]
+    if extra:  # say which fields made a resumed run's record a new measurement
+        def same_cell(a: dict, b: dict) -> bool:
+            return all(a.get(k) == b.get(k) for k in ("target", "distiller", "defense", "attack", "task", "seed"))
+        diffs = [sorted(k for k in set(e) | set(r) if k not in ("run_id", "provenance") and e.get(k) != r.get(k))
+                 for e in extra for r in records if same_cell(e, r)]
+        raise AssertionError(f"a resumed run appended {len(extra)} record(s); fields that differ: {diffs}")
     assert "added 0 record(s)" in again.output
-    assert len(into.read_text(encoding="utf-8").splitlines()) == len(records)
     for block in ("techniques", "defenses"):
         run = json.loads((tmp_path / "runs" / "tiny" / block / "run.json").read_text(encoding="utf-8"))
         builds = run["cache"]["builds"]
