@@ -135,3 +135,20 @@ def test_pages_on_licensed_data_carry_its_attribution(tmp_path: Path) -> None:
     # the license line as the shipped manifest states it (tasks/dolly.yaml, source.origin.license)
     assert "CC BY-SA 3.0 (databricks-dolly-15k, © Databricks, Inc.)" in dolly
     assert "CC BY-SA" not in generated
+
+
+def test_add_skips_a_record_that_repeats_a_measurement_from_another_commit_or_run(tmp_path: Path) -> None:
+    from kdbench.cli.leaderboard import add_records
+    from tests.helpers import make_record
+
+    first = make_record("kd", "none", auc=0.7)
+    again = {**first, "run_id": "another-run", "git_commit": "0" * 40,
+             "provenance": {**first["provenance"], "note": "resumed at a later commit"}}
+    different = {**first, "auc": 0.71}
+    into = tmp_path / "results.jsonl"
+    for name, record in (("a", first), ("b", again), ("c", different)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        add_records([path], into)
+    kept = [json.loads(line) for line in into.read_text(encoding="utf-8").splitlines()]
+    assert [r["auc"] for r in kept] == [0.7, 0.71]  # the repeat is skipped, a new number is not

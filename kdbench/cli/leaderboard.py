@@ -24,7 +24,8 @@ from rich.markup import escape
 
 from kdbench.core.errors import KdbenchError, OutputError
 from kdbench.leaderboard.boards import select_boards, write_grid_files
-from kdbench.leaderboard.ranking import DEFAULT_METRIC, DEFAULT_UTILITY_FLOOR, RISK_METRICS, Record, canonical
+from kdbench.leaderboard.ranking import DEFAULT_METRIC, DEFAULT_UTILITY_FLOOR, RISK_METRICS, Record
+from kdbench.leaderboard.replicates import measurement
 from kdbench.leaderboard.site import build_site, prepare_records
 from kdbench.results.records import load_records, results_files
 
@@ -133,22 +134,16 @@ def add_records(
         for record in new:
             record["provenance"] = {**record.get("provenance", {}), "study": dict(study)}
     existing = load_records([into]) if into.exists() else []
-    seen = {_measurement(r) for r in existing}
+    seen = {measurement(r) for r in existing}
     fresh: list[Record] = []
     for record in new:
-        text = _measurement(record)
+        text = measurement(record)
         if text not in seen:
             seen.add(text)
             fresh.append(record)
     if fresh:
         _append_atomically(into, fresh)
     return AddReport(len(fresh), len(new) - len(fresh), len(existing) + len(fresh), omitted)
-
-
-def _measurement(record: Record) -> str:
-    """A record without its run id and provenance: the same seed measured again (a resumed or repeated run that
-    reused the cached models) gives the same text, so the data of record holds it once."""
-    return canonical({k: v for k, v in record.items() if k not in ("run_id", "provenance")})
 
 
 def _append_atomically(into: Path, records: Sequence[Record]) -> None:
