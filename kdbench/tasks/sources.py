@@ -1,6 +1,6 @@
 """Where a task's examples come from: the built-in generator, a Hugging Face dataset, or a local JSON/JSONL/CSV file.
 
-Hub datasets load through ``datasets`` (the optional ``kdbench[hub]`` extra, imported only when needed). With a
+Hub datasets load through ``datasets`` (imported only when needed: it is slow to import). With a
 data directory (``--data-dir`` / ``KDBENCH_DATA_DIR``) nothing is downloaded: the task's file is read from there,
 and a missing file is an error that says exactly which file to put where and how to get it, because a benchmark
 that silently evaluates on something else is worse than one that stops.
@@ -291,13 +291,8 @@ def _hub_rows(task: Task, data_dir: Path | None) -> tuple[list[Any], dict[str, A
                 rows, origin["sha256"] = read_file(candidate, task.source.get("format"))
                 return rows, origin, str(candidate)
         raise MissingDataError(missing_data_message(task, data_dir))
-    try:
-        import datasets  # the optional kdbench[hub] extra
-    except ImportError:
-        raise MissingDataError(
-            missing_data_message(task, None) + " (`datasets` is not installed, so it cannot be loaded from the hub: "
-            "`pip install 'kdbench[hub]'`.)"
-        ) from None
+    import datasets  # a dependency, imported here only: most runs never touch the hub
+
     try:
         loaded = datasets.load_dataset(
             hub["id"], revision=hub["revision"], data_files=hub["data_files"], split=hub.get("split", "train")
