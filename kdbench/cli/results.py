@@ -134,7 +134,7 @@ def target_table(targets: Any, refs: Any) -> Table:
         name = f"{r['task']} {r['cell']}" if multi_task else str(r["cell"])
         row = [escape(name), _num(r["rouge_l"], 1), f"{_num(r['mem_members'], 2)}/{_num(r['mem_nonmembers'], 2)}",
                escape(str(r["strongest"])), _auc_ci(r)]
-        table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), _num(r["tpr_at_1pct_fpr"], 3))
+        table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), _tpr(r))
     for i, (_, r) in enumerate(refs.iterrows()):
         name = f"{r['task']} " if multi_task else ""
         row = [f"[dim]{escape(name)}(reference)[/]", "", "", escape(str(r["attack_label"])), _auc_ci(r)]
@@ -145,6 +145,14 @@ def target_table(targets: Any, refs: Any) -> Table:
         table.caption = "reference: no model; AUC ≠ 0.5 means members and non-members differ in distribution."
         table.caption_justify = "left"
     return table
+
+
+def _tpr(r: Any) -> str:
+    """TPR@1%FPR, marked * when the non-members cannot resolve 1% (1/n > 1%: it is the TPR at zero false
+    positives; the run prints the resolution note)."""
+    resolution = r.get("fpr_resolution")
+    coarse = resolution is not None and resolution == resolution and resolution > 0.01 * (1 + 1e-9)
+    return _num(r["tpr_at_1pct_fpr"], 3) + ("*" if coarse else "")
 
 
 def attack_table(view: Any, agg: Any, columns: Sequence[str]) -> Table:

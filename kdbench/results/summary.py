@@ -21,6 +21,7 @@ _MEANS = {
     "auc": "auc", "auc_lo": "auc_lo", "auc_hi": "auc_hi", "tpr_at_1pct_fpr": "tpr_at_1pct_fpr",
     "rouge_l": "rouge_l", "rouge_l_lo": "rouge_l_lo", "rouge_l_hi": "rouge_l_hi",
     "memorization.members": "mem_members", "memorization.nonmembers": "mem_nonmembers",
+    "fpr_resolution": "fpr_resolution",
 }
 _TARGET_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
