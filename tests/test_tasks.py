@@ -477,12 +477,6 @@ def test_a_failing_hub_load_says_how_to_provide_the_file(monkeypatch: pytest.Mon
         sources.load(load_task("vicuna"))
 
 
-def test_without_datasets_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
-    with pytest.raises(MissingDataError, match=r"pip install 'kdbench\[hub\]'"):
-        sources.load(load_task("vicuna"))
-
-
 # --- split manifests ----------------------------------------------------------------------------------------------
 @pytest.fixture
 def frozen_copy(tmp_path: Path) -> tuple[Task, Path]:
