@@ -113,4 +113,4 @@ def test_tasks_verify_blind_reports_the_auc_on_the_runs_attack_samples() -> None
     assert verdict["blind"]["n_members"] == len(members) == 30
     assert verdict["blind"]["auc"] == pytest.approx(roc_auc_score(labels, scores))
     lo, hi = verdict["blind"]["auc_ci"]
-    assert lo <= verdict["blind"]["auc"] <= hi and verdict["blind"]["confounded"] == (lo > 0.5 or hi < 0.5)
+    assert lo <= verdict["blind"]["auc"] <= hi and verdict["blind"]["confounded"] == (lo > 0.5)

@@ -88,7 +88,7 @@ def export(runs: tuple[str, ...], fmt: str, out: Path | None) -> None:
 
 
 def print_summary(console: Console, df: Any, per_attack: bool | None = None) -> None:
-    """The summary tables of ``df`` and, when a reference baseline's CI excludes chance, the warning."""
+    """The summary tables of ``df`` and, when a reference baseline's CI lies above chance, the warning."""
     from kdbench.results.summary import confounded
 
     if df.empty:

@@ -323,7 +323,7 @@ def _shift(task: Task, splits: Splits, baseline: str) -> dict[str, Any]:
 def _shift_line(shift: dict[str, Any]) -> str:
     lo, hi = shift["auc_ci"]
     verdict = ("members and non-members differ in distribution: membership AUCs on this task are confounded"
-               if shift["confounded"] else "no distribution shift detected (CI includes 0.5)")
+               if shift["confounded"] else "no distribution shift detected (CI not above 0.5)")
     return (f"{shift['baseline']} AUC {shift['auc']:.3f} [{lo:.3f}, {hi:.3f}] on {shift['n_members']} members / "
             f"{shift['n_nonmembers']} non-members: {verdict}.")
 
