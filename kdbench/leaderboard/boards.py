@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from kdbench.core.errors import KdbenchError, unknown_name_message
-from kdbench.run.grid import GRID_KEYS
+from kdbench.run.grid import GRID_KEYS, grid_key
 
 BOARD_KEYS = ("description", "data_dir", "grid", "blocks")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -85,22 +85,18 @@ def load_board(path: Path) -> Board:
                                "set each key in one place.")
         merged = {**shared, **own}
         for required in ("task", "distiller", "attack"):
-            if not any(_singular(k) == required for k in merged):
+            if not any(grid_key(k) == required for k in merged):
                 raise KdbenchError(f"{path}: block {name!r} has no '{required}' (under 'grid' or the block).")
         blocks.append(Block(name, merged))
     return Board(path.stem, path, str(data.get("description", "")), bool(data.get("data_dir", False)),
                  tuple(blocks))
 
 
-def _singular(key: str) -> str:
-    return "student_size" if key == "student_sizes" else key.rstrip("s") if key.rstrip("s") in GRID_KEYS else key
-
-
 def _grid_mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise KdbenchError(f"{path}: key {where!r} must be a mapping of grid keys ({', '.join(GRID_KEYS)}).")
     for key in value:
-        if _singular(str(key)) not in GRID_KEYS:
+        if grid_key(str(key)) not in GRID_KEYS:
             raise KdbenchError(f"{path}: under {where!r}, " + unknown_name_message("grid key", str(key), GRID_KEYS))
     return dict(value)
 

@@ -88,6 +88,13 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def grid_key(key: str) -> str:
+    """A grid file's key in its singular form (``distillers`` → ``distiller``); unknown keys come back as given."""
+    if key == "student_sizes":
+        return "student_size"
+    return key.rstrip("s") if key.rstrip("s") in GRID_KEYS else key
+
+
 def load_grid_file(path: Path) -> dict[str, list[Any]]:
     """A YAML grid: the same keys as ``kdbench run``'s options, each a value or a list."""
     data = read_yaml(path, KdbenchError, "grid file") or {}
@@ -96,9 +103,7 @@ def load_grid_file(path: Path) -> dict[str, list[Any]]:
     normalised: dict[str, list[Any]] = {}
     given_as: dict[str, str] = {}
     for key, value in data.items():
-        singular = str(key).rstrip("s") if str(key).rstrip("s") in GRID_KEYS else str(key)
-        if singular == "student_size" or key == "student_sizes":
-            singular = "student_size"
+        singular = grid_key(str(key))
         if singular not in GRID_KEYS:
             raise KdbenchError(f"{path}: " + unknown_name_message("grid key", str(key), GRID_KEYS))
         if singular in given_as:
