@@ -7,7 +7,8 @@ built), for a fresh student, it prints per storage variant: bytes per response p
 
 - ``top-512 fp32``: the format before issue 21 (k = 512 per position, float32 log-probs + int32 ids, 8 B/entry);
 - ``ε=… fp16``: the cache as stored (each position the fewest tokens leaving out ≤ ε, at most ``--top-k``;
-  float16 probabilities + uint16 ids, 4 B/entry), read back from disk per batch;
+  float16 probabilities, ids as uint16 or a bitmap over the vocabulary when smaller), read back from disk per
+  batch;
 - ``all fp16``: the whole distribution in 16 bits: its error is the 16-bit rounding alone.
 
     python benchmarks/teacher_output_accuracy.py [--task synthetic-pii] [--data-dir DIR] [--bounds 0.001,0.01]

@@ -61,6 +61,25 @@ def test_run_json_has_provenance(small_run_dir: Path) -> None:
     assert choice["source"] == ("live" if forward_wins else "cached") and "s/batch" in choice["reason"]
 
 
+def test_a_pinned_teacher_source_never_reuses_a_student_trained_from_the_other(
+    small_run_dir: Path, cache_dir: Path, tiny_task: Path, tmp_path: Path
+) -> None:
+    """The auto run's student was trained from whichever source its timing chose; asking for live (or cached) must
+    train its own student, not return that one (the source asked for is in the student's cache key)."""
+    students = lambda: {p.name for p in (cache_dir / "model").iterdir()}  # noqa: E731
+    before = students()
+    for attempt in ("first", "second"):  # the second run reuses the first's student
+        out = tmp_path / attempt
+        result = CliRunner().invoke(
+            main, ["run", "--task", str(tiny_task), "--distiller", "kd", "--attack", "loss", "--out", str(out)],
+            env={"KDBENCH_CACHE_DIR": str(cache_dir), "KDBENCH_TEACHER_OUTPUTS": "live"}, catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        (choice,) = json.loads((out / "run.json").read_text())["teacher_outputs"].values()
+        assert choice["source"] == "live" and choice["reason"] == "set to live"
+    assert len(students() - before) == 1
+
+
 def test_per_sample_scores_are_saved(small_run_dir: Path) -> None:
     files = sorted((small_run_dir / "scores").glob("*.jsonl"))
     assert len(files) == 3
@@ -74,7 +93,7 @@ def test_second_identical_run_trains_nothing_and_agrees(small_run_dir: Path, tin
     out = tmp_path / "again"
     result = CliRunner().invoke(
         main, ["run", "--task", str(tiny_task), "--distiller", "kd", "--attack", "loss,mink", "--out", str(out)],
-        env={"KDBENCH_CACHE_DIR": str(cache_dir)},
+        env={"KDBENCH_CACHE_DIR": str(cache_dir), "KDBENCH_TEACHER_OUTPUTS": "auto"},  # as small_run_dir
     )
     assert result.exit_code == 0, result.output
     info = json.loads((out / "run.json").read_text())

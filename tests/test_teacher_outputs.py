@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kdbench.core.cache import ArtifactCache
+from kdbench.core.errors import ParameterError
 from kdbench.core.types import TrainConfig
 from kdbench.defense.base import DefenseBase
 from kdbench.defense.stack import DefenseStack
@@ -21,6 +22,7 @@ from kdbench.distill.teacher_outputs import (
     DEFAULT_TOP_K,
     SOURCE_ENV,
     TOLERANCE,
+    IdEncoding,
     sequences_hash,
     teacher_hook,
     teacher_outputs,
@@ -148,7 +150,10 @@ def test_probabilities_are_stored_in_16_bits_within_half_an_ulp() -> None:
     j = job(teacher=trained_teacher())
     outputs = teacher_outputs(j)
     sizes = {f.name: f.stat().st_size for f in outputs.directory.iterdir()}
-    assert sizes["probs.bin"] == sizes["indices.bin"] == 2 * outputs.entries  # float16 and uint16 (vocab ≤ 65,536)
+    assert sizes["probs.bin"] == 2 * outputs.entries  # float16
+    # ids: uint16 each (vocab ≤ 65,536), or a ⌈V/8⌉-byte bitmap where that is smaller
+    counts, bitmap = outputs.kept().numpy(), -(-len(tokenizer()) // 8)
+    assert sizes["indices.bin"] == sum(min(2 * int(c), bitmap) for c in counts)
     for batch in shuffled_batches(j):
         cached = attached(outputs(0, batch))
         _, mask = shifted(batch)
@@ -172,14 +177,18 @@ def test_a_batch_reads_only_its_own_examples(monkeypatch) -> None:
     outputs = teacher_outputs(j)
     kept = outputs.kept()
     ends = np.cumsum([len(e.response_ids) for e in j.data])
-    reads: list[int] = []
+    bitmap = -(-len(tokenizer()) // 8)
+    reads: list[tuple[str, int]] = []
     real = np.fromfile
-    monkeypatch.setattr(np, "fromfile", lambda *a, **kw: reads.append(kw["count"]) or real(*a, **kw))
+    monkeypatch.setattr(np, "fromfile", lambda *a, **kw: reads.append((a[0].name, kw["count"])) or real(*a, **kw))
     for batch in shuffled_batches(j):
         reads.clear()
         outputs(0, batch)
-        mine = sum(int(kept[ends[i] - len(j.data[i].response_ids) : ends[i]].sum()) for i in batch["index"].tolist())
-        assert sum(reads) == 2 * mine < 2 * outputs.entries  # ids and probabilities of the batch's examples only
+        mine = [kept[ends[i] - len(j.data[i].response_ids) : ends[i]] for i in batch["index"].tolist()]
+        entries = sum(int(c.sum()) for c in mine)
+        id_bytes = sum(min(2 * int(c), bitmap) for counts in mine for c in counts)
+        assert sum(n for name, n in reads if name == "probs.bin") == entries < outputs.entries
+        assert sum(n for name, n in reads if name == "indices.bin") == id_bytes  # the batch's examples only
 
 
 def test_outputs_line_up_with_the_response_positions_of_any_batch() -> None:
@@ -281,6 +290,27 @@ def test_the_measured_choice_and_its_reason_are_noted(monkeypatch) -> None:
     monkeypatch.setenv(SOURCE_ENV, "cached")
     assert teacher_hook(j) is not None and j.notes["teacher_outputs"]["reason"] == "set to cached"
     monkeypatch.setenv(SOURCE_ENV, "sometimes")
-    with pytest.raises(ValueError, match="auto, cached or live"):
+    with pytest.raises(ParameterError, match="KDBENCH_TEACHER_OUTPUTS must be auto, cached or live"):
         teacher_hook(j)
 
+
+
+@pytest.mark.parametrize(("vocab", "dtype"), [(1000, np.uint16), (70_000, np.int32)])
+def test_kept_ids_round_trip_as_lists_and_bitmaps(vocab: int, dtype) -> None:
+    """Positions of every size, from one id to the whole vocabulary: each reads back as the set it stored, and the
+    probabilities follow their ids (reordered by the same permutation)."""
+    rng = np.random.default_rng(0)
+    counts = np.array([1, 3, 60, 63, 64, 200, vocab // 8, vocab // 4, vocab])
+    ids = np.concatenate([rng.permutation(vocab)[:c] for c in counts])
+    probs = rng.random(len(ids))
+    encoding = IdEncoding(vocab, np.dtype(dtype))
+    raw, order = encoding.encode(ids, counts)
+    assert len(raw) == encoding.bytes(counts)
+    back = encoding.decode(np.frombuffer(raw.tobytes(), np.uint8), counts)
+    ends = np.cumsum(counts)
+    for lo, hi in zip(ends - counts, ends, strict=True):
+        assert sorted(back[lo:hi]) == sorted(ids[lo:hi])
+        written = dict(zip(ids[lo:hi].tolist(), probs[lo:hi].tolist(), strict=True))
+        assert [written[i] for i in back[lo:hi].tolist()] == probs[order][lo:hi].tolist()
+    bitmap_at = [min(dtype().itemsize * c, -(-vocab // 8)) for c in counts]
+    assert len(raw) == sum(bitmap_at)

@@ -18,13 +18,18 @@ flat one 512 (the whole distribution when the vocabulary has at most 512 tokens)
 distribution is within total variation max(ε, its mass beyond the top 512) of the teacher's (``tail_mass``); the
 KD loss error bound and the measurements are in docs/running.md, "Teacher outputs".
 
-Storage (written in pieces as the teacher pass goes, never held whole): ``indices.bin`` (uint16 when the vocabulary
-has at most 65,536 tokens, else int32) and ``probs.bin`` (float16 probabilities: relative error ≤ 2^-11, i.e. at
-most 2^-11·Σ p·|log q| nats on a cross-entropy, measured ≤ 1.6e-5 on the KD losses; log-probabilities in float16
-would err by |log p|·2^-11 instead): 4 bytes per kept token, half the float32 + int32 it replaced. Per position
-``counts.npy`` (uint16), per example ``firsts.npy`` (its first entry; its positions' entries are contiguous),
-``offsets.npy`` and ``starts.npy``. A batch reads only its examples' entries (:func:`numpy.fromfile` at an
-offset, no memory map, so reading an epoch does not grow the resident set).
+Storage (written in pieces as the teacher pass goes, never held whole): ``probs.bin`` (float16 probabilities:
+relative error ≤ 2^-11, i.e. at most 2^-11·Σ p·|log q| nats on a cross-entropy, measured ≤ 1.6e-5 on the KD
+losses; log-probabilities in float16 would err by |log p|·2^-11 instead) and ``indices.bin``, each position's
+token ids as a list (uint16 when the vocabulary has at most 65,536 tokens, else int32) or, when it is smaller, as
+a bitmap over the vocabulary (⌈V/8⌉ bytes; its probabilities then in token-id order): a flat position of a small
+vocabulary keeps hundreds of tokens, and 512 ids of a 2,000-token vocabulary cost 1,024 bytes as a list and 250
+as a bitmap. Per position ``counts.npy`` (uint16; the encoding follows from the count), per example ``firsts.npy``
+(its first entry) and ``first_bytes.npy`` (its first byte of ``indices.bin``; its positions are contiguous in
+both), ``offsets.npy`` and ``starts.npy``. A flat position of a 2,000-token vocabulary costs 1,276 bytes against
+the 4,096 of the float32 + int32 top-512 it replaced; one of GPT-2's 50,257, 2,050. A batch reads only its
+examples' bytes (:func:`numpy.fromfile` at an offset, no memory map, so reading an epoch does not grow the
+resident set).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdbench.core.errors import ParameterError
 from kdbench.core.params import params_dict
 from kdbench.core.types import Encoded
 from kdbench.distill.job import COUNTS, INDICES, LOGPROBS, DistillJob
@@ -59,7 +65,7 @@ TAIL_BOUND = 1e-3
 TOLERANCE = 2.5e-2
 """|cached loss − full-logit loss| (nats per token) at the defaults, for fkl, jsd and srkl on the default task:
 above the largest gap measured there (2.3e-2, srkl; docs/running.md)."""
-STAGE_VERSION = 3
+STAGE_VERSION = 4
 SOURCE_ENV = "KDBENCH_TEACHER_OUTPUTS"
 """Force a source for every cell: ``cached`` or ``live`` (default ``auto``: measured, see :func:`teacher_hook`)."""
 _META = "meta.json"
@@ -108,10 +114,12 @@ class TeacherOutputs:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
         counts = np.array(self._array("counts.npy")[lo:hi], dtype=np.int64)
         first = int(self._array("firsts.npy")[example])
-        n = int(counts.sum())
+        first_byte = int(self._array("first_bytes.npy")[example])
         meta = self.meta
-        ids = _read(self.directory / "indices.bin", np.dtype(meta["index_dtype"]), first, n)
-        probs = _read(self.directory / "probs.bin", np.dtype(np.float16), first, n)
+        encoding = IdEncoding(int(meta["vocab"]), np.dtype(meta["index_dtype"]))
+        raw = _read(self.directory / "indices.bin", np.dtype(np.uint8), first_byte, encoding.bytes(counts))
+        ids = encoding.decode(raw, counts)
+        probs = _read(self.directory / "probs.bin", np.dtype(np.float16), first, int(counts.sum()))
         return ids, probs, counts
 
     def __call__(self, step: int, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -253,8 +261,12 @@ def compute_teacher_outputs(
         directory / "counts.npy", mode="w+", dtype=np.uint16 if cap < 1 << 16 else np.int32, shape=(int(offsets[-1]),)
     )
     firsts = np.lib.format.open_memmap(directory / "firsts.npy", mode="w+", dtype=np.int64, shape=(len(data),))
+    first_bytes = np.lib.format.open_memmap(
+        directory / "first_bytes.npy", mode="w+", dtype=np.int64, shape=(len(data),)
+    )
     vocab: list[int] = []
-    written = [0]
+    encoding: list[IdEncoding] = []
+    written, written_bytes = [0], [0]
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))  # similar lengths: less padding
     label = f"teacher outputs (tail ≤ {tail_bound})"
     with (
@@ -269,6 +281,7 @@ def compute_teacher_outputs(
             logits = job.teacher_logits(batch)[:, :-1]
             if not vocab:
                 vocab.append(logits.shape[-1])
+                encoding.append(IdEncoding(vocab[0], np.dtype(_index_dtype(vocab[0]))))
             found = []
             for row, i in enumerate(chunk):
                 start, n = len(data[i].prompt_ids) - 1, len(data[i].response_ids)
@@ -277,28 +290,87 @@ def compute_teacher_outputs(
                 found.append((ids[keep].cpu().numpy(), probs[keep].cpu().numpy(), kept.cpu().numpy()))
             # written only once the whole chunk is computed (a chunk that runs out of memory is redone)
             for i, (ids_i, probs_i, kept_i) in zip(chunk, found, strict=True):
-                id_file.write(ids_i.astype(_index_dtype(vocab[0])).tobytes())
-                prob_file.write(probs_i.astype(np.float16).tobytes())
+                raw, stored = encoding[0].encode(ids_i, kept_i)
+                id_file.write(raw.tobytes())
+                prob_file.write(probs_i[stored].astype(np.float16).tobytes())
                 lo = int(offsets[i])
                 counts[lo : lo + len(kept_i)] = kept_i
                 firsts[i] = written[0]
+                first_bytes[i] = written_bytes[0]
                 written[0] += int(kept_i.sum())
+                written_bytes[0] += len(raw)
             advance(len(chunk))
 
         # memory-aware: a chunk that does not fit is redone in halves (the outputs are per row)
         run_in_chunks(len(order), batch_size, run, device=job.device, label=label, reporter=job.reporter)
     counts.flush()
     firsts.flush()
+    first_bytes.flush()
     meta = {
         "positions": int(offsets[-1]), "entries": written[0], "vocab": vocab[0] if vocab else 0,
         "index_dtype": np.dtype(_index_dtype(vocab[0] if vocab else 0)).name, "value_dtype": "float16",
-        "max_k": k, "tail_bound": tail_bound,
+        "index_bytes": written_bytes[0], "max_k": k, "tail_bound": tail_bound,
     }
     (directory / _META).write_text(json.dumps(meta))
 
 
 def _index_dtype(vocab: int) -> type[np.integer[Any]]:
     return np.uint16 if vocab <= 1 << 16 else np.int32
+
+
+@dataclass(frozen=True)
+class IdEncoding:
+    """How a position's kept token ids are stored in ``indices.bin``: a list of ``dtype`` ids (in probability
+    order), or a bitmap of ⌈vocab/8⌉ bytes (ids ascending) when that is smaller. Which one follows from the
+    position's count, so nothing but the counts says how to read it back."""
+
+    vocab: int
+    dtype: np.dtype[Any]
+
+    @property
+    def bitmap_bytes(self) -> int:
+        return -(-self.vocab // 8)
+
+    def is_bitmap(self, counts: np.ndarray) -> np.ndarray:
+        return self.bitmap_bytes < self.dtype.itemsize * counts
+
+    def bytes(self, counts: np.ndarray) -> int:
+        """Bytes the positions with these ``counts`` take in ``indices.bin``."""
+        return int(np.where(self.is_bitmap(counts), self.bitmap_bytes, self.dtype.itemsize * counts).sum())
+
+    def encode(self, ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(bytes, order) for one example: ``ids`` holds each position's ``counts[r]`` kept ids back to back (in
+        probability order); ``order`` permutes the entries into storage order (ids ascending at a bitmap
+        position), for the probabilities to follow."""
+        bitmap = self.is_bitmap(counts)
+        position = np.repeat(np.arange(len(counts)), counts)
+        in_bitmap = bitmap[position]
+        # storage order: by position; within a bitmap position by id, within a list position as given
+        order = np.lexsort((np.where(in_bitmap, ids, 0), position))
+        ids = ids[order]
+        lengths = np.where(bitmap, self.bitmap_bytes, self.dtype.itemsize * counts)
+        raw = np.empty(int(lengths.sum()), np.uint8)
+        byte_in_bitmap = np.repeat(bitmap, lengths)
+        if bitmap.any():
+            rows = np.cumsum(bitmap)[position[in_bitmap]] - 1  # each entry's row among the bitmap positions
+            bits = np.zeros((int(bitmap.sum()), 8 * self.bitmap_bytes), bool)
+            bits[rows, ids[in_bitmap]] = True
+            raw[byte_in_bitmap] = np.packbits(bits, axis=1).ravel()
+        raw[~byte_in_bitmap] = ids[~in_bitmap].astype(self.dtype).view(np.uint8)
+        return raw, order
+
+    def decode(self, raw: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The kept ids (int64, in storage order) of positions with these ``counts`` from their bytes ``raw``."""
+        bitmap = self.is_bitmap(counts)
+        lengths = np.where(bitmap, self.bitmap_bytes, self.dtype.itemsize * counts)
+        byte_in_bitmap = np.repeat(bitmap, lengths)
+        in_bitmap = np.repeat(bitmap, counts)
+        ids = np.empty(int(counts.sum()), np.int64)
+        if bitmap.any():
+            bits = np.unpackbits(raw[byte_in_bitmap].reshape(-1, self.bitmap_bytes), axis=1)
+            ids[in_bitmap] = np.nonzero(bits)[1]  # row-major: positions in order, ids ascending
+        ids[~in_bitmap] = raw[~byte_in_bitmap].view(self.dtype)
+        return ids
 
 
 # --- live or cached ---------------------------------------------------------------------------------------
@@ -336,9 +408,7 @@ def teacher_hook(
     truncation's ``TOLERANCE`` (live has no truncation).
     """
     data = job.data if data is None else data
-    source = source or os.environ.get(SOURCE_ENV, "auto")
-    if source not in ("auto", "cached", "live"):
-        raise ValueError(f"teacher-output source must be auto, cached or live (${SOURCE_ENV}), got {source!r}")
+    source = requested_source(source)
     if source == "auto" and data:
         choice = _measure(job, data, k, batch_size, tail_bound)
     else:
@@ -349,6 +419,16 @@ def teacher_hook(
         choice = SourceChoice(**{**choice.as_dict(), "cache_bytes": outputs.bytes()})
     job.notes["teacher_outputs"] = choice.as_dict()
     return outputs
+
+
+def requested_source(source: str | None = None) -> str:
+    """The teacher-output source asked for: ``source``, else ``$KDBENCH_TEACHER_OUTPUTS``, else ``auto``. Part of
+    the student's cache key (kdbench.run.student), so a student trained from cached outputs is never returned when
+    live ones are asked for, or the other way round."""
+    source = source or os.environ.get(SOURCE_ENV) or "auto"
+    if source not in ("auto", "cached", "live"):
+        raise ParameterError(f"{SOURCE_ENV} must be auto, cached or live, got {source!r}: unset it for auto.")
+    return source
 
 
 def _measure(job: DistillJob, data: Sequence[Encoded], k: int, batch_size: int, tail_bound: float) -> SourceChoice:

@@ -16,6 +16,7 @@ from kdbench.core.types import TrainConfig, TrainedModel
 from kdbench.defense.base import REPORT_FILE, DefenseContext
 from kdbench.defense.stack import DefenseStack
 from kdbench.distill.job import DistillJob
+from kdbench.distill.teacher_outputs import requested_source
 from kdbench.models import hub as models
 from kdbench.models.hub import model_config
 from kdbench.run.context import RunContext
@@ -54,6 +55,9 @@ def build_student(
         teacher=teacher.key,
         distiller={"name": distiller.name, "params": params_dict(distiller.params)},
         defenses=[{"name": d.name, "params": params_dict(d.params)} for d in defenses.defenses],
+        # auto: measured per cell on this machine (the choice is in the student's notes and run.json); pinning
+        # cached or live gives students that are identical across machines
+        teacher_outputs=requested_source(),
     )
     lm_coef = float(getattr(distiller.params, "lm_coef", 0.0))
     pretrain = ctx.pretraining_data() if lm_coef > 0 else []
