@@ -47,6 +47,22 @@ def test_shipped_boards_load_and_expand_to_valid_grid_files(tmp_path: Path) -> N
             assert grid["task"] and grid["distiller"] and grid["attack"]
 
 
+def test_shipped_grid_files_name_known_tasks_and_plugins() -> None:
+    from kdbench.core.registry import get_registry
+    from kdbench.tasks.manifest import load_task
+
+    grids = sorted((REPO / "leaderboard" / "grids").glob("*.yaml"))
+    assert grids
+    registry = get_registry()
+    for path in grids:
+        grid = load_grid_file(path)
+        tasks = [load_task(name) for name in grid["task"]]
+        assert all(name.split(":")[0] in registry.names("distillers") for name in grid["distiller"]), path
+        assert all(name.split(":")[0] in registry.names("attacks") for name in grid["attack"]), path
+        if path.stem == "protocols":  # [Z]'s protocol beside [C]'s, on the same data
+            assert sorted(t.distill_on for t in tasks) == ["private", "public"]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

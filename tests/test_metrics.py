@@ -15,6 +15,7 @@ from kdbench.evaluation.metrics import (
     best_balanced_accuracy,
     bootstrap_auc_ci,
     mean_ci,
+    member_specific,
     membership_metrics,
     memorization_rates,
     roc_auc,
@@ -312,3 +313,16 @@ def test_memorization_rates_errors() -> None:
         memorization_rates([[1], [2]], [[1], []])
     with pytest.raises(ValueError, match="pair up"):
         memorization_rates([[1]], [[1], [2]])
+
+
+def test_member_specific_risk_uses_cs_constrained_threshold() -> None:
+    """By hand: members 10, .3, .2, .1, 0; non-members .35, .25, .15, .05, -1. Balanced accuracy peaks at 0.6 at
+    thresholds 10 (1 flagged: 10% < [C]'s 20% per predicted class, so not allowed), .3 (3 flagged) and .2 (5
+    flagged); the highest allowed is .3: members flagged 2/5, and 2 of the 3 flagged are members. Ignoring the
+    20% guard gives (0.2, 1.0), taking the lowest tied threshold (0.6, 0.6)."""
+    members, nonmembers = [10.0, 0.3, 0.2, 0.1, 0.0], [0.35, 0.25, 0.15, 0.05, -1.0]
+    assert member_specific(members, nonmembers) == pytest.approx((0.4, 2 / 3))
+    m = membership_metrics(members, nonmembers, n_resamples=50)
+    assert (m.member_tpr, m.member_precision) == pytest.approx((0.4, 2 / 3))
+    assert m.balanced_accuracy == pytest.approx(0.6)
+    assert member_specific([1.0] * 5, [1.0] * 5) == (None, None)  # all tied: no threshold leaves 20% each side

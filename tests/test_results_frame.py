@@ -166,3 +166,21 @@ def test_export_formats_round_trip(tmp_path: Path) -> None:
     assert "\\begin{tabular}" in latex and "0.850 $\\pm$ 0.071" in latex and "±" not in latex
     with pytest.raises(KdbenchError, match="Unknown export format 'xlsx'"):
         export.render(table, "xlsx")
+
+
+def test_per_attack_view_of_a_thresholded_metric_averages_replicates() -> None:
+    records = [make_record("kd", "none", attack="loss", seed=seed, member_tpr=tpr, member_precision=0.5 + seed / 10)
+               for seed, tpr in ((0, 0.3), (1, 0.5))]
+    records.append(make_record("kd", "none", attack="mink", seed=0))  # written before the field existed: absent
+    agg = summary.aggregate(kdbench.results.frame(records))
+    view = summary.per_attack(agg, "member_tpr")
+    assert view.loc["loss", "kd"] == pytest.approx(0.4)
+    assert math.isnan(view.loc["mink", "kd"])
+    assert summary.per_attack(agg, "member_precision").loc["loss", "kd"] == pytest.approx(0.55)
+
+
+def test_validation_bounds_the_member_specific_rates_to_the_unit_interval(tmp_path: Path) -> None:
+    for field in ("member_tpr", "member_precision"):
+        path = write_run(tmp_path / field, [{**make_record(), field: 1.5}])
+        with pytest.raises(ResultsFileError, match=f"{field}.*outside"):
+            kdbench.results.load(path)

@@ -123,3 +123,27 @@ def test_micro_batch_is_used_and_recorded(small_run_dir: Path, tiny_task: Path, 
     assert info["command"]["micro_batch"] == 2
     assert any(key.startswith("model/") for key in info["cache"]["builds"])  # a student was trained
     assert {r["target"] for r in load_records([out])} == {"teacher", "baseline", "student"}
+
+
+def test_results_show_gives_cs_member_specific_risk_per_attack(small_run_dir: Path) -> None:
+    """The loss attack's members-flagged rate, recomputed by brute force from the saved per-sample scores: every
+    threshold, [C]'s rule (each predicted class ≥ 20% of samples), the highest of the best balanced accuracies."""
+    result = CliRunner().invoke(main, ["results", "show", str(small_run_dir), "--value", "member_tpr"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "members flagged (TPR) at [C]'s threshold per attack" in " ".join(result.output.split())  # title wraps
+    teacher_file = next(f for f in (small_run_dir / "scores").glob("*.jsonl") if "teacher" in f.name)
+    rows = [json.loads(line) for line in teacher_file.read_text().splitlines()[1:]]
+    members = [r["loss"] for r in rows if r["member"]]
+    nonmembers = [r["loss"] for r in rows if not r["member"]]
+    best: tuple[float, float] | None = None
+    for t in sorted(set(members + nonmembers), reverse=True):
+        tp, fp = sum(x >= t for x in members), sum(x >= t for x in nonmembers)
+        flagged = (tp + fp) / (len(members) + len(nonmembers))
+        if 0.2 <= flagged <= 0.8:
+            ba = (tp / len(members) + 1 - fp / len(nonmembers)) / 2
+            if best is None or ba > best[0] + 1e-12:
+                best = (ba, tp / len(members))
+    assert best is not None
+    loss_row = next(line for line in result.output.splitlines() if line.strip().startswith("loss "))
+    assert loss_row.split()[1] == f"{best[1]:.3f}"  # the teacher is the first column

@@ -19,6 +19,14 @@ from rich.table import Table
 from kdbench.core.errors import KdbenchError
 
 AUC_TITLE = "AUC: higher = more leakage; 0.5 = chance"
+VALUE_TITLES = {
+    "auc": "AUC [95% CI]",
+    "tpr_at_1pct_fpr": "TPR at 1% FPR",
+    "balanced_accuracy": "best balanced accuracy",
+    "member_tpr": "members flagged (TPR) at [C]'s threshold",
+    "member_precision": "precision at [C]'s threshold",
+}
+"""The per-attack view's values (mean over replicates; docs/results.md)."""
 TABLE_STYLE: dict[str, Any] = {"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1, 0, 0)}  # 80 columns
 
 
@@ -31,12 +39,15 @@ def results() -> None:
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--per-attack/--no-per-attack", default=None,
               help="Also show every attack against every target [default: when there are several attacks].")
-def show(runs: tuple[str, ...], per_attack: bool | None) -> None:
+@click.option("--value", type=click.Choice(list(VALUE_TITLES)), default="auc", show_default=True,
+              help="What the per-attack view shows: the AUC with its CI, or a thresholded metric (member_tpr and "
+                   "member_precision: [C]'s member-specific risk).")
+def show(runs: tuple[str, ...], per_attack: bool | None, value: str) -> None:
     """Summarise RUNS (run directories, results files or glob patterns), seeds aggregated."""
     from kdbench.results.dataframe import load
 
     console = Console(highlight=False)
-    print_summary(console, load(*runs), per_attack=per_attack)
+    print_summary(console, load(*runs), per_attack=per_attack if value == "auc" else True, value=value)
 
 
 @results.command("compare")
@@ -87,21 +98,21 @@ def export(runs: tuple[str, ...], fmt: str, out: Path | None) -> None:
         click.echo(f"Wrote {write(table, fmt, out)}", err=True)
 
 
-def print_summary(console: Console, df: Any, per_attack: bool | None = None) -> None:
+def print_summary(console: Console, df: Any, per_attack: bool | None = None, value: str = "auc") -> None:
     """The summary tables of ``df`` and, when a reference baseline's CI lies above chance, the warning."""
     from kdbench.results.summary import confounded
 
     if df.empty:
         raise KdbenchError("No results records to show.")
-    for table in summary_tables(df, console.width, per_attack):
+    for table in summary_tables(df, console.width, per_attack, value):
         console.print(table)
     for warning in confounded(df):
         console.print(f"[yellow]warning[/]: {escape(warning)}", soft_wrap=False)
 
 
-def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None) -> list[Table]:
-    """One row per target (its strongest attack), then, with several membership attacks, attacks × targets in as many
-    tables as ``width`` needs."""
+def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None, value: str = "auc") -> list[Table]:
+    """One row per target (its strongest attack), then, with several membership attacks, attacks × targets (``value``
+    in the cells) in as many tables as ``width`` needs."""
     from kdbench.results.summary import aggregate, by_target, references
     from kdbench.results.summary import per_attack as attack_view
 
@@ -109,10 +120,12 @@ def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None) -> 
     tables = [target_table(by_target(agg), references(agg))]
     attacks = agg.loc[~agg["reference"], "attack_label"].nunique()  # the reference row is in the first table
     if per_attack or (per_attack is None and attacks > 1):
-        view = attack_view(agg)
+        if value not in agg.columns:
+            raise KdbenchError(f"The records have no {value!r} (written by an older kdbench?): show another --value.")
+        view = attack_view(agg, value)
         fit = max(1, (width - 16) // 16)
         for start in range(0, len(view.columns), fit):
-            tables.append(attack_table(view, agg, list(view.columns[start:start + fit])))
+            tables.append(attack_table(view, agg, list(view.columns[start:start + fit]), value))
     return tables
 
 
@@ -155,9 +168,9 @@ def _tpr(r: Any) -> str:
     return _num(r["tpr_at_1pct_fpr"], 3) + ("*" if coarse else "")
 
 
-def attack_table(view: Any, agg: Any, columns: Sequence[str]) -> Table:
-    """Attacks as rows, ``columns`` (targets) as columns: mean AUC with its CI below it."""
-    table = Table(title="AUC [95% CI] per attack", title_justify="left", **TABLE_STYLE)
+def attack_table(view: Any, agg: Any, columns: Sequence[str], value: str = "auc") -> Table:
+    """Attacks as rows, ``columns`` (targets) as columns: mean AUC with its CI below it, or mean ``value``."""
+    table = Table(title=f"{VALUE_TITLES[value]} per attack", title_justify="left", **TABLE_STYLE)
     table.add_column("attack")
     for column in columns:
         table.add_column(escape(str(column)), justify="right")
@@ -168,7 +181,12 @@ def attack_table(view: Any, agg: Any, columns: Sequence[str]) -> Table:
         row = []
         for column in columns:
             r = cells.get((attack, column))
-            row.append("–" if r is None else f"{r['auc']:.3f}\n[{_num(r['auc_lo'], 2)}, {_num(r['auc_hi'], 2)}]")
+            if r is None:
+                row.append("–")
+            elif value == "auc":
+                row.append(f"{r['auc']:.3f}\n[{_num(r['auc_lo'], 2)}, {_num(r['auc_hi'], 2)}]")
+            else:
+                row.append(_num(r[value], 3))
         table.add_row(escape(label), *row)
     return table
 
@@ -214,6 +232,8 @@ def _match_keys(key: str) -> list[str]:
         return ["task", "target", "defense_label", "attack_label"]
     if key.startswith("defense"):
         return ["task", "target", "distiller_label", "attack_label"]
+    if key in ("task", "protocol"):  # e.g. [Z]'s protocol against [C]'s: the same cells on two tasks
+        return ["cell", "attack_label"]
     return ["task", "cell", "attack_label"]
 
 

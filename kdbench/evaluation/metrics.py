@@ -43,6 +43,10 @@ class MembershipMetrics:
     roc: dict[str, list[float]]  # {"fpr": [...], "tpr": [...]}
     n_members: int
     n_nonmembers: int
+    # [C]'s member-specific view, at its threshold (balanced accuracy maximised with each predicted class ≥ 20%):
+    # the fraction of members flagged, and the fraction of flagged samples that are members (None: no such threshold)
+    member_tpr: float | None = None
+    member_precision: float | None = None
 
 
 # validation ------------------------------------------------------------------------------------------
@@ -250,6 +254,7 @@ def membership_metrics(
     """All membership metrics of METHODS.md §4 for one attack's scores; balanced accuracy unconstrained."""
     members, nonmembers = _pair(member_scores, nonmember_scores)
     balanced_accuracy, threshold = best_balanced_accuracy(members, nonmembers)
+    member_tpr, member_precision = member_specific(members, nonmembers)
     return MembershipMetrics(
         auc=roc_auc(members, nonmembers),
         auc_ci=bootstrap_auc_ci(members, nonmembers, n_resamples=n_resamples, seed=seed),
@@ -262,7 +267,30 @@ def membership_metrics(
         roc=roc_points(members, nonmembers),
         n_members=int(members.size),
         n_nonmembers=int(nonmembers.size),
+        member_tpr=member_tpr,
+        member_precision=member_precision,
     )
+
+
+C_MIN_CLASS_FRACTION = 0.2
+"""[C]'s guard: each predicted class holds at least this fraction of the samples at its threshold."""
+
+
+def member_specific(
+    member_scores: npt.ArrayLike, nonmember_scores: npt.ArrayLike, min_class_fraction: float = C_MIN_CLASS_FRACTION
+) -> tuple[float | None, float | None]:
+    """[C]'s member-specific risk: (TPR on members, precision of the flagged samples) at the threshold maximising
+    balanced accuracy with each predicted class ≥ ``min_class_fraction`` of the samples; (None, None) when
+    ties leave no such threshold. Why beside the AUC: [C] reads a rise of these under distillation as members
+    being more exposed even where the AUC does not move."""
+    members, nonmembers = _pair(member_scores, nonmember_scores)
+    try:
+        _, threshold = best_balanced_accuracy(members, nonmembers, min_class_fraction)
+    except ValueError:
+        return None, None
+    flagged_members = int((members >= threshold).sum())
+    flagged = flagged_members + int((nonmembers >= threshold).sum())
+    return flagged_members / members.size, (flagged_members / flagged if flagged else None)
 
 
 # utility ---------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class ResultRecord:
     tpr_at_5pct_fpr: float | None = None
     fpr_resolution: float | None = None
     balanced_accuracy: float | None = None
+    member_tpr: float | None = None  # [C]: members flagged at its balanced-accuracy threshold (classes ≥ 20%)
+    member_precision: float | None = None  # [C]: members among the flagged at that threshold
     rouge_l_ci: list[float] | None = None
     memorization: dict[str, float] | None = None
     teacher_rkl: dict[str, float] | None = None  # {"before", "after"}: reverse KL to the teacher (baseline, students)
@@ -100,6 +102,8 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "tpr_at_5pct_fpr": (float, int, type(None)),
     "fpr_resolution": (float, int, type(None)),
     "balanced_accuracy": (float, int, type(None)),
+    "member_tpr": (float, int, type(None)),
+    "member_precision": (float, int, type(None)),
     "rouge_l_ci": (list, type(None)),
     "memorization": (dict, type(None)),
     "teacher_rkl": (dict, type(None)),
@@ -108,7 +112,8 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "reference": (bool,),
     "schema_version": (int,),
 }
-_UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fpr", "balanced_accuracy")
+_UNIT_INTERVAL = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_5pct_fpr", "balanced_accuracy", "member_tpr",
+                  "member_precision")
 
 
 def validate_record(obj: Any) -> list[str]:

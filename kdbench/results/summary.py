@@ -21,8 +21,11 @@ _MEANS = {
     "auc": "auc", "auc_lo": "auc_lo", "auc_hi": "auc_hi", "tpr_at_1pct_fpr": "tpr_at_1pct_fpr",
     "rouge_l": "rouge_l", "rouge_l_lo": "rouge_l_lo", "rouge_l_hi": "rouge_l_hi",
     "memorization.members": "mem_members", "memorization.nonmembers": "mem_nonmembers",
-    "fpr_resolution": "fpr_resolution",
+    "fpr_resolution": "fpr_resolution", "balanced_accuracy": "balanced_accuracy", "member_tpr": "member_tpr",
+    "member_precision": "member_precision",
 }
+VALUES = ("auc", "tpr_at_1pct_fpr", "balanced_accuracy", "member_tpr", "member_precision")
+"""What the per-attack view can show: the AUC, or a thresholded metric ([C]'s member-specific ones among them)."""
 _TARGET_ORDER = {"teacher": 0, "baseline": 1, "student": 2}
 
 
@@ -32,6 +35,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     keys = [*_present(df, TARGET_KEYS), "attack_label", "reference"]
     work = df.assign(**{c: df[c].fillna("") for c in keys if df[c].dtype == object})
     present = {src: dst for src, dst in _MEANS.items() if src in work}
+    work[list(present)] = work[list(present)].apply(pd.to_numeric, errors="coerce")  # None (not measured): NaN
     grouped = work.groupby(keys, sort=False, dropna=False)
     out = grouped[list(present)].mean().rename(columns=present)
     out["n"] = grouped.size()
@@ -67,7 +71,9 @@ def per_attack(agg: pd.DataFrame, value: str = "auc") -> pd.DataFrame:
     """Attacks as rows (references last), targets as columns, ``value`` in the cells."""
     rows = agg.assign(column=agg["cell"] if agg["task"].nunique() == 1 else agg["task"] + " " + agg["cell"])
     table = rows.pivot_table(index=["reference", "attack_label"], columns="column", values=value, sort=False)
-    table = table[list(dict.fromkeys(rows["column"]))]
+    # pairs measured by no record (e.g. a metric older records lack) stay, as NaN
+    pairs = pd.MultiIndex.from_frame(rows[["reference", "attack_label"]].drop_duplicates())
+    table = table.reindex(index=pairs, columns=list(dict.fromkeys(rows["column"])))
     return table.sort_index(level="reference", kind="stable").droplevel("reference")
 
 

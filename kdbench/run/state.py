@@ -169,6 +169,8 @@ def _membership_fields(m: metrics.MembershipMetrics) -> dict[str, Any]:
         "tpr_at_5pct_fpr": m.tpr_at_5pct_fpr,
         "fpr_resolution": m.fpr_resolution,
         "balanced_accuracy": m.balanced_accuracy,
+        "member_tpr": m.member_tpr,
+        "member_precision": m.member_precision,
         "n_members": m.n_members,
         "n_nonmembers": m.n_nonmembers,
         "roc": m.roc,
