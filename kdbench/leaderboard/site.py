@@ -50,6 +50,7 @@ from kdbench.leaderboard.ranking import (
     protocol_of,
 )
 from kdbench.leaderboard.replicates import SharedSeed, check_replicates
+from kdbench.leaderboard.stats import seed_interval
 from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
 from kdbench.tasks.manifest import load_task
 
@@ -660,8 +661,10 @@ def shift_baselines(board: Board, records: Sequence[Record]) -> list[tuple[str, 
     out = []
     for attack, by_seed_record in sorted(found.items()):
         rows = list(by_seed_record.values())
-        ci = (fmean(r["auc_ci"][0] for r in rows), fmean(r["auc_ci"][1] for r in rows))
-        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {fmt_ci(ci)} ({len(rows)} seeds)"))
+        # over seeds as every other figure of the board (stats.seed_interval), not the mean of the seeds' CIs
+        ci = seed_interval([r["auc"] for r in rows], [tuple(r["auc_ci"]) for r in rows])
+        shown = fmt_ci(ci) if ci is not None else "[CI not recorded]"
+        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {shown} ({len(rows)} seeds)"))
     return out
 
 
