@@ -27,7 +27,7 @@ from kdbench.core.data import Example
 from kdbench.core.errors import KdbenchError, ParameterError, PluginError
 from kdbench.core.params import check_range
 from kdbench.core.plugin import NoParams, Plugin
-from kdbench.core.types import Encoded, TrainConfig
+from kdbench.core.types import SCHEDULES, Encoded, TrainConfig
 from kdbench.defense.base import STAGES, Defense, DefenseBase, DefenseContext
 from kdbench.defense.helpers import flag_vulnerable, resolve_attack
 from kdbench.distill.job import Distiller, DistillJob, distillation_loss
@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_TOP_K",
     "OBJECTIVES",
     "REPLAY_CAPACITY",
+    "SCHEDULES",
     "STAGES",
     "TAIL_BOUND",
     "AdaptiveSGO",

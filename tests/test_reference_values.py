@@ -225,7 +225,8 @@ def test_z_presets_sit_beneath_the_users_parameters() -> None:
     task = load_task("dolly")
     family = get_family("gpt2").distillers
     spec = distiller_with_defaults(registry, PluginSpec("minillm", (("lr", "1e-5"),)), task.distillers, family)
-    assert dict(spec.raw) == {"lr": "1e-5", "lm_coef": "1", "iterations": "5000"}  # the user's lr wins
+    assert dict(spec.raw) == {"lr": "1e-5", "lm_coef": "1", "iterations": "5000", "schedule": "constant",
+                              "warmup_steps": "100"}  # the user's lr wins; [Z]'s constant rate after 100 steps
     assert dict(distiller_with_defaults(registry, PluginSpec("kd"), {"kd": {"bogus": 1}}, family).raw) == {"lr": "5e-5"}
     opt = get_family("opt").distillers
     assert all(values["lm_coef"] == "1" for values in opt.values())  # [Z]: the LM term for all six on OPT

@@ -8,7 +8,9 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings ([Z]: AdamW, weight decay 0.01, cosine schedule, gradient clipping 1.0)."""
+    """Optimisation settings ([Z]: AdamW, weight decay 0.01, cosine schedule, gradient clipping 1.0; its MiniLLM
+    runs a constant rate after 100 warm-up steps). The warm-up is the longer of ``warmup_ratio`` of the steps
+    and ``warmup_steps``."""
 
     lr: float
     epochs: int
@@ -16,6 +18,15 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     warmup_ratio: float = 0.0
+    schedule: str = "cosine"  # or "constant" (after the warm-up)
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
+
+
+SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)

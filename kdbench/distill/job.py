@@ -80,14 +80,11 @@ class DistillJob:
     def eos_id(self) -> int:
         return int(self.tokenizer.eos_token_id)
 
-    def with_overrides(self, lr: float | None = None, epochs: int | None = None) -> TrainConfig:
-        """The training config with a distiller's own lr/epochs (when set) in place of the task's."""
-        config = self.config
-        if lr is not None:
-            config = replace(config, lr=lr)
-        if epochs is not None:
-            config = replace(config, epochs=epochs)
-        return config
+    def with_overrides(self, lr: float | None = None, epochs: int | None = None, **settings: Any) -> TrainConfig:
+        """The training config with a distiller's own lr, epochs or other ``TrainConfig`` settings (those not None)
+        in place of the task's."""
+        changes = {"lr": lr, "epochs": epochs, **settings}
+        return replace(self.config, **{k: v for k, v in changes.items() if v is not None})
 
     @property
     def optimizer_hook(self) -> OptimizerHook | None:

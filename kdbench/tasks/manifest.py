@@ -24,7 +24,7 @@ from kdbench.core.data import (
 )
 from kdbench.core.errors import TaskError, UnknownNameError
 from kdbench.core.schema import Field, check
-from kdbench.core.types import TrainConfig
+from kdbench.core.types import SCHEDULES, TrainConfig
 from kdbench.core.yamlfile import read_yaml
 
 ROLES = ("private", "public", "holdout", "eval")
@@ -39,6 +39,8 @@ _TRAIN = Field((dict,), children={
     "weight_decay": Field(_NUM, minimum=0),
     "grad_clip": Field(_NUM, minimum=0),
     "warmup_ratio": Field(_NUM, minimum=0),
+    "warmup_steps": Field((int,), minimum=0),
+    "schedule": Field((str,), choices=SCHEDULES),
 })
 _ROLE_INTS = {role: Field((int,), minimum=0) for role in ROLES}
 SCHEMA: dict[str, Field] = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from kdbench.core.data import Example, PromptTemplate
 from kdbench.core.progress import NullReporter, Reporter
@@ -166,7 +166,8 @@ def train_steps(
 
     For methods whose batches are made as training goes (MiniLLM's PPO rollouts, sampled from the student
     being trained): the batch of step t is only requested after step t − 1's update. ``config.epochs`` is not
-    used; the cosine schedule spans ``total_steps``. Stops early if ``source`` runs out.
+    used; the schedule (``config.schedule``, cosine by default) spans ``total_steps``. Stops early if ``source``
+    runs out.
 
     Memory-aware: each batch goes through the model ``settings.micro_batch`` rows at a time (default: all of
     it), with gradients accumulated over the pieces (:mod:`kdbench.training.memory`); on an out-of-memory error
@@ -187,8 +188,11 @@ def train_steps(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
     )
-    warmup = int(config.warmup_ratio * total_steps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    warmup = max(int(config.warmup_ratio * total_steps), config.warmup_steps)
+    if config.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if settings.optimizer_hook is not None:
         model, optimizer, scheduler = settings.optimizer_hook(model, optimizer, scheduler)
     splittable = settings.optimizer_hook is None

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from kdbench.api import (
+    SCHEDULES,
     DistillJob,
     Encoded,
     LossFn,
@@ -69,7 +70,9 @@ class MiniLLMParams:
     ``rollouts`` samples (DistiLLM: 256), each round giving rollouts / batch size × ``ppo_epochs`` steps.
     ``lr``: None = the task's student lr ([Z]'s 5e-6 is for pretrained students). ``init_epochs``: the SFT
     warm start (0 = none, [Z]'s setting and the default; None = the task's student epochs). ``max_new_tokens``:
-    None = up to the task's total length. ``lm_coef``: the language-modelling term's weight (0 = none)."""
+    None = up to the task's total length. ``lm_coef``: the language-modelling term's weight (0 = none).
+    ``schedule`` / ``warmup_steps``: None = the task's ([Z]: constant after 100 warm-up steps, in the gpt2 and opt
+    family presets)."""
 
     iterations: int = 80
     rollouts: int = 64
@@ -85,6 +88,8 @@ class MiniLLMParams:
     max_new_tokens: int | None = None
     lr: float | None = None
     lm_coef: float = 0.0
+    schedule: str | None = None
+    warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("iterations", "rollouts", "ppo_epochs", "reward_scaling", "reward_clip", "max_new_tokens"):
@@ -96,6 +101,10 @@ class MiniLLMParams:
             raise ParameterError(f"minillm: init_epochs={self.init_epochs!r} must be >= 0 (or none).")
         check_overrides("minillm", self.lr)
         check_lm_coef("minillm", self.lm_coef)
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ParameterError(f"minillm: schedule={self.schedule!r} must be one of {', '.join(SCHEDULES)}.")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ParameterError(f"minillm: warmup_steps={self.warmup_steps!r} must be >= 0.")
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,7 @@ class MiniLLM:
         if p.init_epochs != 0:
             warm = replace(job, label=f"{job.label}: SFT init")
             warm.train(sft_loss, job.with_overrides(p.lr, p.init_epochs))
-        config = job.with_overrides(p.lr)
+        config = job.with_overrides(p.lr, schedule=p.schedule, warmup_steps=p.warmup_steps)
         job.train_steps(minillm_loss(job, p), config, self._batches(job), p.iterations, prepare=self._observe)
         return job.student
 
