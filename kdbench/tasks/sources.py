@@ -327,8 +327,9 @@ def _prepared_rows(cache: Path) -> list[dict[str, Any]] | None:
 
 
 def datasets_cache_dir(spec: Mapping[str, Any]) -> Path:
-    """Where ``datasets`` prepares a source's Arrow files: ``<kdbench cache>/datasets/<key of spec>/``."""
-    path = default_root() / DATASETS_CACHE_KIND / spec_key(spec)
+    """Where ``datasets`` prepares a source's Arrow files: ``<kdbench cache>/datasets/<key of spec>/`` (resolved,
+    as the paths ``datasets`` reports are)."""
+    path = (default_root() / DATASETS_CACHE_KIND / spec_key(spec)).resolve()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
