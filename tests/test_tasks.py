@@ -318,23 +318,92 @@ splits: {{protocol: eval-only}}
     return load_task(str(manifest))
 
 
-def test_local_csv_json_and_jsonl_files_read_the_same(tmp_path: Path) -> None:
-    records = [{"q": "Name a colour.", "ctx": "", "a": "Teal,\nwith a comma and a newline.", "key": "x1"},
-               {"q": "Name a fruit.", "ctx": "Orchard list", "a": "Quince", "key": "x2"}]
-    write(tmp_path / "d.json", json.dumps(records))
-    write(tmp_path / "d.jsonl", "\n".join(json.dumps(r) for r in records) + "\n\n")
-    write(tmp_path / "d.csv", 'q,ctx,a,key\nName a colour.,,"Teal,\nwith a comma and a newline.",x1\n'
-                              "Name a fruit.,Orchard list,Quince,x2\n")
-    fields = "fields: {instruction: q, context: ctx, response: a, id: key}\n"
-    loaded = [sources.load(file_task(tmp_path, name, fields)).examples for name in ("d.json", "d.jsonl", "d.csv")]
-    assert loaded[0] == loaded[1] == loaded[2]
-    assert [e.id for e in loaded[0]] == ["x1", "x2"] and loaded[0][0].response.endswith("newline.")
+# Cells a reader could get wrong: leading zeros and an empty cell (CSV number/NA inference), a comma and a newline
+# (CSV quoting), a Unicode line separator (JSON lines split on "\n" only), non-ASCII text.
+RECORDS = [
+    {"q": "Name a colour.", "ctx": "", "a": "Teal,\nwith a comma and a newline.", "key": "007"},
+    {"q": "Name a fruit.", "ctx": "Orchard list", "a": "Quince\u2028(one line in JSON)", "key": "010"},
+    {"q": "¿Qué?", "ctx": "NA", "a": "nan", "key": "x3"},
+]
+
+
+def write_records(tmp_path: Path) -> dict[str, Path]:
+    """RECORDS as JSON, JSONL, CSV (the csv module) and Parquet (pyarrow alone): no ``datasets`` involved."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = {kind: tmp_path / f"d.{kind}" for kind in ("json", "jsonl", "csv", "parquet")}
+    write(paths["json"], json.dumps(RECORDS))
+    write(paths["jsonl"], "\n".join(json.dumps(r) for r in RECORDS) + "\n\n")
+    with paths["csv"].open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(RECORDS[0]))
+        writer.writeheader()
+        writer.writerows(RECORDS)
+    pq.write_table(pa.Table.from_pylist(RECORDS), paths["parquet"])
+    return paths
+
+
+FIELDS = "fields: {instruction: q, context: ctx, response: a, id: key}\n"
+
+
+@pytest.mark.parametrize("kind", ["json", "jsonl", "csv", "parquet"])
+def test_local_files_of_every_format_give_the_examples_written(tmp_path: Path, kind: str) -> None:
+    write_records(tmp_path)
+    expected = [Example(id=r["key"], instruction=r["q"], context=r["ctx"], response=r["a"], category="local")
+                for r in RECORDS]  # no category column: the task's name
+    assert sources.load(file_task(tmp_path, f"d.{kind}", FIELDS)).examples == expected
+
+
+def test_files_are_read_through_datasets_and_cached_by_content(tmp_path: Path, cache_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read prepares Arrow in <cache>/datasets keyed by the file's sha256; later reads of that content
+    memory-map it without importing ``datasets``; new content at the same path and mtime is read afresh."""
+    import hashlib
+    import os
+
+    paths = write_records(tmp_path)
+    task = file_task(tmp_path, "d.jsonl", FIELDS)
+    first = sources.load(task).examples
+    sha = hashlib.sha256(paths["jsonl"].read_bytes()).hexdigest()
+    specs = [json.loads(p.read_text("utf-8")) for p in (cache_dir / "datasets").glob("*/spec.json")]
+    entry = next(spec for spec in specs if spec["source_sha256"] == sha)
+    assert entry["format"] == "jsonl" and entry["rows"] == 3 and entry["arrow"]
+    sources._PARSED.clear()
+    monkeypatch.setitem(sys.modules, "datasets", None)  # importing it now fails
+    assert sources.load(task).examples == first
+    monkeypatch.undo()
+    stat = paths["jsonl"].stat()
+    write(paths["jsonl"], "\n".join(json.dumps({**r, "a": r["a"] + "!"}) for r in RECORDS))
+    os.utime(paths["jsonl"], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [e.response for e in sources.load(task).examples] == [r["a"] + "!" for r in RECORDS]
+
+
+def test_a_column_of_mixed_types_reads_as_its_values_every_time(tmp_path: Path) -> None:
+    """pyarrow needs one type per column; ``datasets`` then keeps the column as JSON, which kdbench decodes (ids
+    1 and "x", not '1' and '"x"'), also on a second read from the cache."""
+    write(tmp_path / "m.jsonl", '{"key": 1, "q": "a", "a": "b"}\n{"key": "x", "q": "c", "a": "d"}\n')
+    task = file_task(tmp_path, "m.jsonl", FIELDS)
+    for _ in range(2):
+        sources._PARSED.clear()
+        assert [e.id for e in sources.load(task).examples] == ["1", "x"]
 
 
 def test_a_missing_column_names_the_file_row_and_key(tmp_path: Path) -> None:
     write(tmp_path / "d.jsonl", '{"instruction": "a", "response": "b"}\n{"instruction": "c"}\n')
-    with pytest.raises(TaskError, match=r"d\.jsonl: row 2 has no column 'response' \(mapped by key 'fields\.response'"):
+    with pytest.raises(TaskError, match=r"d\.jsonl: row 2 has no value \(missing or null\) in column 'response' "
+                                        r"\(mapped by key 'fields\.response'"):
         sources.load(file_task(tmp_path, "d.jsonl"))
+    write(tmp_path / "n.jsonl", '{"instruction": "a", "answer": "b"}\n')
+    with pytest.raises(TaskError, match=r"n\.jsonl: row 1 has no column 'response' \(mapped by key"):
+        sources.load(file_task(tmp_path, "n.jsonl"))
+
+
+def test_a_json_file_that_is_not_a_list_says_so(tmp_path: Path) -> None:
+    write(tmp_path / "o.json", '{"instruction": "a", "response": "b"}')
+    with pytest.raises(TaskError, match=r"o\.json: a JSON data file must hold a list of objects.*name it \.jsonl"):
+        sources.load(file_task(tmp_path, "o.json"))
 
 
 def test_bad_json_names_the_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``kdbench tasks``: list, show, validate, verify and freeze task manifests and their split manifests.
+"""``kdbench tasks``: list, show, validate, verify, freeze and export task manifests and their split manifests.
 
 ``verify`` is what lets two people prove they evaluate the identical splits. Without data it checks what a fresh
 checkout can (each split manifest consistent with itself and its task; generated tasks recomputed); with
@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kdbench.core.errors import EXIT_FAILURES, KdbenchError
+from kdbench.tasks.export import EXPORT_FORMATS, METADATA_FILE, export_task
 from kdbench.tasks.manifest import Task, available_tasks, load_task
 from kdbench.tasks.sources import MissingDataError
 from kdbench.tasks.splits import (
@@ -359,3 +360,24 @@ def freeze(name: str, data_dir: Path | None, out: Path | None, force: bool) -> N
                   f"({splits.duplicates_dropped} duplicate(s) dropped):", soft_wrap=True)
     for role, digest in splits.hashes().items():
         console.print(f"  {role:8} {len(splits.roles[role]):6}  {digest}", soft_wrap=True)
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+@tasks.command("export")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to write (new or empty).")
+@data_dir_option
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="arrow", show_default=True,
+              help="arrow: a datasets.DatasetDict (load_from_disk); else one <role>.<format> file per role.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export(name: str, out: Path, data_dir: Path | None, fmt: str, force: bool) -> None:
+    """Write a task's split roles (as `kdbench run` uses them) for other tools, with their hashes and license."""
+    metadata = export_task(load_task(name), out, fmt, data_dir, force)
+    console = Console(highlight=False)
+    sizes = ", ".join(f"{role} {info['n']:,}" for role, info in metadata["roles"].items())
+    frozen = "verified against its split manifest" if metadata["split_manifest"] else "unfrozen (no split manifest)"
+    console.print(f"Wrote [bold]{escape(str(out))}[/] ({fmt}; {sizes}; {frozen}); details in {METADATA_FILE}.",
+                  soft_wrap=True)
+    if metadata["attribution"]:
+        console.print(escape(f"{metadata['attribution']} Keep this attribution with anything published from it."),
+                      soft_wrap=True)

@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 
 from kdbench.core.errors import KdbenchError
 
+T = TypeVar("T")
 ENV_VAR = "KDBENCH_CACHE_DIR"
 SPEC_FILE = "spec.json"
 
@@ -104,3 +105,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_dir_atomically(out: Path, render: Callable[[Path], T]) -> T:
+    """``render`` into a sibling temp directory, then swap it in for ``out`` (replacing what was there), so a
+    failed or interrupted write never leaves half a directory: readers see the old one or the whole new one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = render(tmp)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "previous")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "previous", out)  # put the previous one back
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

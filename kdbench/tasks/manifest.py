@@ -61,7 +61,7 @@ SCHEMA: dict[str, Field] = {
             "local": Field((str,)),
         }),
         "file": Field((str,)),
-        "format": Field((str,), choices=("jsonl", "json", "csv")),
+        "format": Field((str,), choices=("jsonl", "json", "csv", "parquet")),
         "sha256": Field((str,)),
         "rows": Field((int,), minimum=0),
         "origin": Field((dict,), children={

@@ -1,9 +1,11 @@
-"""Where a task's examples come from: the built-in generator, a Hugging Face dataset, or a local JSON/JSONL/CSV file.
+"""Where a task's examples come from: the built-in generator, a Hugging Face dataset, or a local JSON/JSONL/CSV/
+Parquet file.
 
-Hub datasets load through ``datasets`` (imported only when needed: it is slow to import). With a
-data directory (``--data-dir`` / ``KDBENCH_DATA_DIR``) nothing is downloaded: the task's file is read from there,
-and a missing file is an error that says exactly which file to put where and how to get it, because a benchmark
-that silently evaluates on something else is worse than one that stops.
+Files and hub datasets load through ``datasets`` (its ``json``/``csv``/``parquet`` builders for local files, into
+memory-mapped Arrow cached in the kdbench cache by the file's content hash; imported only when a file is read, as it
+is slow to import). With a data directory (``--data-dir`` / ``KDBENCH_DATA_DIR``) nothing is downloaded: the task's
+file is read from there, and a missing file is an error that says exactly which file to put where and how to get
+it, because a benchmark that silently evaluates on something else is worse than one that stops.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import inspect
-import io
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdbench.core.cache import ENV_VAR as CACHE_ENV
+from kdbench.core.cache import SPEC_FILE, atomic_write_text, default_root, spec_key
 from kdbench.core.data import Example
 from kdbench.core.errors import TaskError, UnknownNameError, unknown_name_message
 from kdbench.tasks import synthetic
@@ -32,7 +36,10 @@ DEFAULT_FIELDS: dict[str, str] = {
     "response": "response",
     "category": "category",
 }
-FORMATS: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
+FORMATS: dict[str, str] = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                           ".parquet": "parquet"}
+_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}  # format -> `datasets` builder
+DATASETS_CACHE_KIND = "datasets"  # <kdbench cache>/datasets/<key>/: the Arrow files the builders prepared
 
 
 class MissingDataError(TaskError):
@@ -135,6 +142,18 @@ def describe_origin(task: Task) -> str:
     return ""
 
 
+def attribution(task: Task) -> str | None:
+    """The license line of a task's data (e.g. Dolly's CC BY-SA 3.0), from its manifest's ``source.origin``, for
+    anything published from the data (leaderboard pages, exports) to carry it. None for generated or unlicensed
+    sources."""
+    origin = task.source.get("origin") or {}
+    license_line = origin.get("license")
+    if not license_line:
+        return None
+    where = origin.get("repo") or origin.get("url") or ""
+    return f"Data: {license_line}" + (f", from {where}" if where else "") + "."
+
+
 def _provenance(task: Task) -> dict[str, Any]:
     """What a split manifest records about where a verified file comes from (only when it is the pinned file)."""
     origin = task.source.get("origin")
@@ -226,7 +245,7 @@ def _file_candidates(name: Path, manifest_dir: Path, data_dir: Path | None) -> l
 
 
 def read_rows(path: Path, fmt: str | None = None) -> list[Any]:
-    """The rows of a JSONL, JSON (a list of objects) or CSV file, in file order."""
+    """The rows of a JSONL, JSON (a list of objects), CSV or Parquet file, in file order."""
     return read_file(path, fmt)[0]
 
 
@@ -235,25 +254,149 @@ _PARSED_MAX = 4
 
 
 def read_file(path: Path, fmt: str | None = None) -> tuple[list[Any], str]:
-    """The rows of a data file and its sha256, from one read. Parsed rows are memoised by content hash, so the
-    dolly tasks that share one 13 MB file (``tasks verify``) parse it once per process; callers must not mutate
-    them."""
+    """The rows of a data file, read by ``datasets``' builder for its format, and the file's sha256. Rows are
+    memoised by content hash, so the dolly tasks that share one 13 MB file (``tasks verify``) read it once per
+    process; callers must not mutate them."""
     kind = fmt or FORMATS.get(path.suffix.lower())
     if kind is None:
         raise TaskError(f"{path}: unknown data format; use one of {', '.join(FORMATS)} or set 'source.format'.")
     try:
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        if (sha, kind) in _PARSED:
-            return list(_PARSED[(sha, kind)]), sha
-        text = data.decode("utf-8-sig")
-        rows = list(csv.DictReader(io.StringIO(text, newline=""))) if kind == "csv" else _parse_json(path, text, kind)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        sha = file_sha256(path)
+        blank = path.stat().st_size < 4096 and not path.read_bytes().strip()
+    except OSError as exc:
         raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+    if (sha, kind) in _PARSED:
+        return list(_PARSED[(sha, kind)]), sha
+    rows = [] if blank else _load_rows(path, kind, sha)
     if len(_PARSED) >= _PARSED_MAX:
         _PARSED.pop(next(iter(_PARSED)))
     _PARSED[(sha, kind)] = rows
     return list(rows), sha
+
+
+def _load_rows(path: Path, kind: str, sha: str) -> list[dict[str, Any]]:
+    """The file's rows as ``datasets`` reads them: JSON/JSONL through pyarrow's reader, CSV as text cells (no
+    number or NA inference, as a CSV reader gives them), Parquet as stored.
+
+    The builder prepares Arrow files in the kdbench cache, keyed by the file's content hash (a changed file never
+    reads a stale copy). Later reads of the same content memory-map those files with pyarrow alone: importing
+    ``datasets`` costs more than reading Dolly (benchmarks/task_load.py)."""
+    spec = {"source_sha256": sha, "format": kind}
+    cache = datasets_cache_dir(spec)
+    prepared = _prepared_rows(cache)
+    if prepared is not None:
+        return prepared
+    if kind == "json":
+        _check_json_list(path)
+    options: dict[str, Any] = {}
+    if kind == "csv":
+        import datasets
+
+        header = _csv_header(path)
+        options = {"encoding": "utf-8-sig", "keep_default_na": False, "na_filter": False,
+                   "features": datasets.Features({name: datasets.Value("string") for name in header})}
+    loaded = _builder_load(_BUILDERS[kind], cache, what=f"{path} as {kind}", data_files=str(path), **options,
+                           diagnose=lambda: _diagnose(path, kind))
+    rows: list[dict[str, Any]] = loaded.to_list() if loaded is not None else []
+    record: dict[str, Any] = {**spec, "file": path.name, "rows": len(rows)}
+    files = [Path(entry["filename"]) for entry in loaded.cache_files] if loaded is not None else []
+    # Arrow as stored is what the rows are, unless a column needs ``datasets`` to decode it (mixed-type JSON)
+    if loaded is not None and all(f.is_relative_to(cache) for f in files) and loaded.data.table.to_pylist() == rows:
+        record["arrow"] = [str(f.relative_to(cache)) for f in files]
+    atomic_write_text(cache / SPEC_FILE, json.dumps(record, sort_keys=True, indent=1))  # complete, for `cache ls`
+    return rows
+
+
+def _prepared_rows(cache: Path) -> list[dict[str, Any]] | None:
+    """The rows of Arrow files a previous read prepared in ``cache``, memory-mapped; None if there are none."""
+    try:
+        record = json.loads((cache / SPEC_FILE).read_text(encoding="utf-8"))
+        files = [cache / name for name in record["arrow"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all(f.is_file() for f in files):
+        return None
+    import pyarrow as pa
+
+    try:
+        tables = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
+        rows: list[dict[str, Any]] = pa.concat_tables(tables).to_pylist() if tables else []
+    except (OSError, pa.ArrowException):  # damaged cache entry: the builder prepares it again
+        return None
+    return rows if len(rows) == record.get("rows") else None
+
+
+def datasets_cache_dir(spec: Mapping[str, Any]) -> Path:
+    """Where ``datasets`` prepares a source's Arrow files: ``<kdbench cache>/datasets/<key of spec>/`` (resolved,
+    as the paths ``datasets`` reports are)."""
+    path = (default_root() / DATASETS_CACHE_KIND / spec_key(spec)).resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TaskError(f"Cannot create the cache directory {path} ({exc.strerror}). Point {CACHE_ENV} at a "
+                        "writable directory.") from exc
+    return path
+
+
+def _builder_load(builder: str, cache: Path, what: str, diagnose: Callable[[], list[Any] | None],
+                 **options: Any) -> Any:
+    """``datasets.load_dataset(builder, split="train")`` cached in ``cache``, quietly. A file it cannot read gets
+    the precise error ``diagnose`` finds (file and line), else its own; None for a file without rows."""
+    import datasets  # slow to import (pandas, pyarrow): only when a file is actually read
+
+    try:
+        with quiet_datasets(datasets):
+            return datasets.load_dataset(builder, split="train", cache_dir=str(cache), **options)
+    except Exception as exc:  # any builder failure: a damaged or foreign file, reported below
+        rows = diagnose()
+        if rows == []:
+            return None
+        raise TaskError(
+            f"{what}: `datasets` cannot read the data file ({type(exc).__name__}: {exc}). Check that it is this "
+            "task's data and that each column keeps one type in every row."
+        ) from exc
+
+
+@contextmanager
+def quiet_datasets(datasets: Any) -> Iterator[None]:
+    """No progress bars from ``datasets`` on kdbench's output; the caller's setting is restored after."""
+    disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not disabled:
+            datasets.enable_progress_bars()
+
+
+def _check_json_list(path: Path) -> None:
+    """A ``.json`` data file is one JSON list of objects (``datasets`` would read a lone object as one row)."""
+    with path.open("rb") as handle:
+        head = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head and not head.startswith(b"["):
+        raise TaskError(f"{path}: a JSON data file must hold a list of objects; this one does not start with '['. "
+                        "For one object per line, name it .jsonl or set 'source.format: jsonl'.")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The CSV's column names, so that every column is read as text (``007`` stays ``007``)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+
+
+def _diagnose(path: Path, kind: str) -> list[Any] | None:
+    """After ``datasets`` failed: the JSON rows by a plain parse, raising its precise error (the line that is not
+    JSON); None where no plainer reading helps (CSV, Parquet: their readers' errors name the line already)."""
+    if kind not in ("json", "jsonl"):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"{path}: cannot read the data file ({exc}).") from exc
+    return _parse_json(path, text, kind)
 
 
 def _parse_json(path: Path, text: str, kind: str) -> list[Any]:
@@ -346,10 +489,11 @@ def _to_example(row: Any, index: int, mapping: Mapping[str, str], prefix: str, t
 
     def column(key: str, required: bool) -> str:
         name = mapping.get(key)
-        if name is None or name not in row:
-            if required:
+        if name is None or name not in row or row[name] is None:
+            if required:  # a key absent from some JSON rows reads as null: the same gap
+                what = "no column" if name is None or name not in row else "no value (missing or null) in column"
                 raise TaskError(
-                    f"{location}: row {index + 1} has no column {name!r} (mapped by key 'fields.{key}' in {task.path})."
+                    f"{location}: row {index + 1} has {what} {name!r} (mapped by key 'fields.{key}' in {task.path})."
                 )
             return ""
         return _text(row[name])
