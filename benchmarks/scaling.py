@@ -65,13 +65,15 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
             "--attack", args.attack, "--data-dir", str(args.data_dir), "--out", str(work / "out"),
             "--device", "cpu", "--threads", str(args.threads),
         ]
+        log = work / "stderr.txt"  # a file, not a pipe: a long run's progress output would fill a pipe and stall it
         start = time.perf_counter()
-        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
+        with log.open("w") as err:
+            child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
-        stderr = child.stderr.read() if child.stderr else ""
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"kdbench run failed for size {size}:\n{stderr[-4000:]}")
+            raise SystemExit(f"kdbench run failed for size {size} (exit {os.waitstatus_to_exitcode(status)}):\n"
+                             f"{log.read_text()[-4000:]}")
         info = json.loads((work / "out" / "run.json").read_text())
         if info["failures"]:
             raise SystemExit(f"size {size}: {info['failures'][0]['error']}\n{info['failures'][0]['traceback']}")

@@ -25,8 +25,8 @@ from kdbench.core.cache import ENV_VAR as CACHE_ENV
 from kdbench.core.cache import SPEC_FILE, atomic_write_text, default_root, spec_key
 from kdbench.core.data import Example
 from kdbench.core.errors import TaskError, UnknownNameError, unknown_name_message
-from kdbench.tasks import synthetic
 from kdbench.tasks.manifest import Task
+from kdbench.tasks.synthetic import GENERATOR_VERSION, generate
 
 DATA_DIR_ENV = "KDBENCH_DATA_DIR"
 # Dolly's column names; other sources map theirs in the manifest's ``fields``.
@@ -182,7 +182,7 @@ def file_sha256(path: Path) -> str:
 
 # --- generators ---------------------------------------------------------------------------------------------------
 def _synthetic_pii(task: Task, params: dict[str, Any]) -> tuple[list[Example], str]:
-    return synthetic.generate(seed=task.seed, **params), synthetic.GENERATOR_VERSION
+    return generate(seed=task.seed, **params), GENERATOR_VERSION
 
 
 GENERATORS: dict[str, Callable[[Task, dict[str, Any]], tuple[list[Example], str]]] = {
@@ -190,7 +190,7 @@ GENERATORS: dict[str, Callable[[Task, dict[str, Any]], tuple[list[Example], str]
 }
 # The keys each generator takes under ``source.params`` (its keyword arguments but the seed, the task's own).
 GENERATOR_PARAMS: dict[str, frozenset[str]] = {
-    "synthetic-pii": frozenset(inspect.signature(synthetic.generate).parameters) - {"seed"},
+    "synthetic-pii": frozenset(inspect.signature(generate).parameters) - {"seed"},
 }
 
 
