@@ -16,6 +16,7 @@ The Dolly file is read in place (never copied); the task file points at it throu
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -29,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from kdbench.tasks import task_data
+
 ROOT = Path(__file__).resolve().parent.parent
 DOLLY = "databricks-dolly-15k.jsonl"
 
@@ -38,7 +41,8 @@ def task_file(directory: Path, size: int, data_dir: Path) -> Path:
     task = yaml.safe_load((ROOT / "tasks" / "dolly.yaml").read_text())
     task["name"] = f"dolly-scaling-{size}"
     task["source"]["sha256"] = hashlib.sha256((data_dir / DOLLY).read_bytes()).hexdigest()  # the local release
-    task["splits"]["sizes"] = {"private": size, "public": size}
+    available = role_sizes(data_dir)  # the [Z] protocol gives 5,498 private and 5,502 public rows
+    task["splits"]["sizes"] = {role: min(size, available[role]) for role in ("private", "public")}
     n_attack = min(size, 1000)
     task["evaluation"] = {
         "n_attack": n_attack, "n_eval": 100, "max_new_tokens": 32, "memorization_new_tokens": 32,
@@ -53,6 +57,13 @@ def task_file(directory: Path, size: int, data_dir: Path) -> Path:
     path = directory / f"dolly-scaling-{size}.yaml"
     path.write_text(yaml.safe_dump(task, sort_keys=False))
     return path
+
+
+@functools.cache
+def role_sizes(data_dir: Path) -> dict[str, int]:
+    """How many rows the full Dolly task gives each split role (a size above that takes the whole role)."""
+    splits = task_data(ROOT / "tasks" / "dolly.yaml", data_dir=data_dir).splits
+    return {role: len(splits.roles[role]) for role in ("private", "public")}
 
 
 def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -80,6 +91,7 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
         stages = {("cell (distil + attack)" if " seed=" in k else k): v for k, v in info["wall_time_per_stage"].items()}
         return {
             "size": size,
+            "records": {role: min(size, n) for role, n in role_sizes(args.data_dir).items()},
             "wall_s": round(wall, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
             "stages_s": stages,
@@ -128,6 +140,8 @@ def report(rows: list[dict[str, Any]]) -> None:
     for kind in kinds:
         line(f"  cache {kind} (MB)", [r["cache_bytes"].get(kind, 0) / 1e6 for r in rows], ".2f")
     line("  cache total (MB)", [sum(r["cache_bytes"].values()) / 1e6 for r in rows], ".2f")
+    for r in rows:
+        print(f"records at {r['size']}: {r['records']['private']:,} private, {r['records']['public']:,} public")
     for r in rows:
         if r["teacher_outputs"]:
             print(f"teacher outputs at {r['size']}: {json.dumps(r['teacher_outputs'])}")

@@ -19,6 +19,7 @@ import torch
 from kdbench.core.progress import NullReporter
 from kdbench.core.types import TrainConfig
 from kdbench.scoring.tokenstats import compute_token_stats
+from kdbench.training import memory
 from kdbench.training.loop import IGNORE, LoopSettings, collate, generate, sft_loss, train_loop
 from kdbench.training.memory import OutOfMemory, is_out_of_memory, split_rows, token_shares
 from tests.distill_helpers import data, single_thread, tiny_model  # noqa: F401 - single_thread is autouse
@@ -222,3 +223,21 @@ def test_an_unsplittable_loop_says_it_ignores_the_micro_batch(examples: list[Any
     log = Log()
     trained(examples, micro_batch=2, optimizer_hook=lambda m, o, s: (m, o, s), reporter=log)
     assert len(log.messages) == 1 and "micro-batches are off" in log.messages[0]
+
+
+def test_a_cpu_pass_takes_at_most_the_positions_budget(examples: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU, with no micro-batch given, a training pass holds at most CPU_TOKENS_PER_FORWARD padded positions
+    (rows × width): the update is still the whole batch's. A micro-batch the user gives replaces the budget."""
+    monkeypatch.setattr(memory, "CPU_TOKENS_PER_FORWARD", 10**6)
+    whole, whole_losses, device = trained(examples)
+    assert set(device.seen) == {8}
+    budget = 60
+    monkeypatch.setattr(memory, "CPU_TOKENS_PER_FORWARD", budget)
+    widths = [collate(examples[i : i + 8], pad_id=0)["input_ids"].shape[1] for i in (0, 8)]
+    assert all(budget // w < 8 for w in widths)  # the budget does cut these batches
+    capped, capped_losses, device = trained(examples)
+    assert max(device.seen) <= budget // min(widths) and max(device.seen) < 8
+    assert_same_weights(whole, capped)
+    torch.testing.assert_close(torch.tensor(capped_losses), torch.tensor(whole_losses), atol=1e-6, rtol=1e-6)
+    _, _, device = trained(examples, micro_batch=8)
+    assert set(device.seen) == {8}

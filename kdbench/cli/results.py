@@ -155,7 +155,8 @@ def target_table(targets: Any, refs: Any) -> Table:
         if i == 0:
             table.rows[-2].end_section = True  # a rule between the targets and the references
     if len(refs):
-        table.caption = "reference: no model; AUC clearly above 0.5: members and non-members differ in distribution."
+        table.caption = ("reference rows use no model: an AUC whose CI is above 0.5 means members and "
+                         "non-members differ in distribution, not that the targets leak.")
         table.caption_justify = "left"
     return table
 

@@ -18,7 +18,16 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from kdbench.core.data import Example, PromptTemplate
 from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.types import Encoded, TrainConfig
-from kdbench.training.memory import OutOfMemory, RowBudget, fits, release, run_in_chunks, split_rows, token_shares
+from kdbench.training.memory import (
+    OutOfMemory,
+    RowBudget,
+    default_tokens_per_forward,
+    fits,
+    release,
+    run_in_chunks,
+    split_rows,
+    token_shares,
+)
 
 IGNORE = -100
 
@@ -101,14 +110,14 @@ def chain(*hooks: BatchHook | None) -> BatchHook:
 
 def batches(
     data: Sequence[Encoded], batch_size: int, pad_id: int, generator: torch.Generator | None
-) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-    """(indices, collated batch) pairs, shuffled by ``generator`` when given."""
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """(indices, collated batch) pairs, shuffled by ``generator`` when given. The order is drawn at once (the
+    generator's stream does not depend on how far the caller reads); each batch is collated only when reached, so
+    an epoch never holds more than one padded batch."""
     order = torch.randperm(len(data), generator=generator).tolist() if generator else list(range(len(data)))
-    out = []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        out.append((idx, collate([data[i] for i in idx], pad_id)))
-    return out
+        yield idx, collate([data[i] for i in idx], pad_id)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -170,11 +179,11 @@ def train_steps(
     runs out.
 
     Memory-aware: each batch goes through the model ``settings.micro_batch`` rows at a time (default: all of
-    it), with gradients accumulated over the pieces (:mod:`kdbench.training.memory`); on an out-of-memory error
-    the step is redone with half as many rows per piece. ``loss_fn`` must be a mean over the batch's response
-    tokens for this to equal the full-batch update. With an ``optimizer_hook`` (DP-SGD: per-sample clipping
-    depends on how the batch is cut) batches are never split and out-of-memory is an error that says what to
-    lower.
+    it on an accelerator; on a CPU at most :data:`~kdbench.training.memory.CPU_TOKENS_PER_FORWARD` positions),
+    with gradients accumulated over the pieces (:mod:`kdbench.training.memory`); on an out-of-memory error the
+    step is redone with half as many rows per piece. ``loss_fn`` must be a mean over the batch's response tokens
+    for this to equal the full-batch update. With an ``optimizer_hook`` (DP-SGD: per-sample clipping depends on
+    how the batch is cut) batches are never split and out-of-memory is an error that says what to lower.
     """
     label, device, reporter, prepare = settings.label, settings.device, settings.reporter, settings.prepare
     if total_steps < 1:
@@ -196,7 +205,8 @@ def train_steps(
     if settings.optimizer_hook is not None:
         model, optimizer, scheduler = settings.optimizer_hook(model, optimizer, scheduler)
     splittable = settings.optimizer_hook is None
-    budget = RowBudget(label, settings.micro_batch, reporter)
+    budget = RowBudget(label, settings.micro_batch, reporter,
+                       tokens=default_tokens_per_forward(device, settings.micro_batch))
     if settings.micro_batch is not None and not splittable:
         reporter.log(f"{label}: micro-batches are off (a defense wraps the optimizer: DP-SGD clips per sample); "
                      f"each batch of {config.batch_size} rows goes through whole")
@@ -232,7 +242,7 @@ def _accumulate(
     """The gradients of one batch's loss in ``.grad`` (micro-batched as ``budget`` allows); its loss value."""
     rows = int(batch["input_ids"].shape[0])
     while True:
-        tried = budget.fit(rows) if splittable else rows
+        tried = budget.fit(rows, int(batch["input_ids"].shape[1])) if splittable else rows
         pieces = split_rows(batch, tried)
         shares = token_shares(pieces, IGNORE) if len(pieces) > 1 else [1.0]  # one piece: no device sync
         losses: list[float] = []

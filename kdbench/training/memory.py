@@ -46,14 +46,20 @@ def release(device: torch.device) -> None:
 
 @dataclass
 class RowBudget:
-    """How many rows one forward pass may take. ``rows=None`` means the whole batch."""
+    """How many rows one forward pass may take. ``rows=None`` means the whole batch; ``tokens`` also caps
+    rows × width (the padded batch's positions), so activation memory stays that of a fixed number of positions
+    whatever the batch size and sequence length."""
 
     label: str
     rows: int | None = None
     reporter: Reporter | None = None
+    tokens: int | None = None
 
-    def fit(self, n: int) -> int:
-        return n if self.rows is None else max(1, min(n, self.rows))
+    def fit(self, n: int, width: int | None = None) -> int:
+        cap = n if self.rows is None else self.rows
+        if self.tokens is not None and width:
+            cap = min(cap, self.tokens // width)
+        return max(1, min(n, cap))
 
     def shrink(self, tried: int, device: torch.device, hint: str = "") -> None:
         """Halve after an out-of-memory at ``tried`` rows; refuse below one row."""
@@ -67,6 +73,19 @@ class RowBudget:
         (self.reporter or NullReporter()).log(
             f"{self.label}: out of {device.type} memory at {tried} rows; continuing with {self.rows} rows at a time"
         )
+
+
+# A CPU has no out-of-memory signal to halve on (the OS swaps or kills the process), and its throughput does not
+# grow with rows per pass: measured on the embedded teacher (4 layers, 16 rows of up to 256 tokens), 8-row pieces
+# cut peak training memory by ~400 MB at equal speed. So on a CPU a training forward pass takes at most this many
+# positions unless the user sets ``--micro-batch`` (the update is the same up to float summation order).
+CPU_TOKENS_PER_FORWARD = 2048
+
+
+def default_tokens_per_forward(device: torch.device, micro_batch: int | None) -> int | None:
+    """The positions cap of a training pass: :data:`CPU_TOKENS_PER_FORWARD` on a CPU when the user gave no
+    micro-batch, none otherwise (accelerators keep whole batches and halve on out-of-memory)."""
+    return CPU_TOKENS_PER_FORWARD if device.type == "cpu" and micro_batch is None else None
 
 
 def split_rows(batch: dict[str, Any], rows: int) -> list[dict[str, Any]]:
