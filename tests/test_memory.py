@@ -241,3 +241,16 @@ def test_a_cpu_pass_takes_at_most_the_positions_budget(examples: list[Any], monk
     torch.testing.assert_close(torch.tensor(capped_losses), torch.tensor(whole_losses), atol=1e-6, rtol=1e-6)
     _, _, device = trained(examples, micro_batch=8)
     assert set(device.seen) == {8}
+
+
+def test_forward_chunks_on_a_cpu_hold_at_most_the_positions_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks grow in order while rows × widest width stays within the budget (an item wider than it goes alone)."""
+    monkeypatch.setattr(memory, "CPU_TOKENS_PER_FORWARD", 12)
+    widths = [2, 3, 3, 4, 5, 7, 13, 1, 1]
+    seen: list[list[int]] = []
+    memory.run_in_chunks(len(widths), 4, seen.append, device=CPU, label="t", width=widths.__getitem__)
+    # by hand: [2,3,3,4]→4 rows×4=16>12, so [2,3,3] (9); [4,5] (10; +7 → 21); [7] (+13 → 26); [13] alone; [1,1]
+    assert seen == [[0, 1, 2], [3, 4], [5], [6], [7, 8]]
+    seen.clear()
+    memory.run_in_chunks(len(widths), 4, seen.append, device=CPU, label="t")  # no widths: rows only
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]

@@ -230,5 +230,17 @@ def test_z_presets_sit_beneath_the_users_parameters() -> None:
     assert dict(distiller_with_defaults(registry, PluginSpec("kd"), {"kd": {"bogus": 1}}, family).raw) == {"lr": "5e-5"}
     opt = get_family("opt").distillers
     assert all(values["lm_coef"] == "1" for values in opt.values())  # [Z]: the LM term for all six on OPT
+    # [Z]'s scripts/model_family_6k/opt/*.sh: 5e-5 for every distiller but MiniLLM (constant 5e-6, 5,000 iterations)
+    assert {name: v["lr"] for name, v in opt.items()} == {
+        "kd": "5e-5", "seqkd": "5e-5", "gkd": "5e-5", "imitkd": "5e-5", "distillm": "5e-5", "minillm": "5e-6"}
+    assert opt["minillm"]["schedule"] == "constant" and opt["minillm"]["iterations"] == "5000"
+    # scripts/model_family_6k/llama/*.sh: kd 1e-5 and seqkd 5e-4 at kd_ratio 0.5 without the LM term; the
+    # on-policy three at 5e-4 with it; MiniLLM 5e-6
+    llama = get_family("llama").distillers
+    assert llama["kd"] == {"lr": "1e-5", "kd_ratio": "0.5"} and llama["seqkd"] == {"lr": "5e-4", "kd_ratio": "0.5"}
+    assert all(llama[name] == {"lr": "5e-4", "lm_coef": "1"} for name in ("gkd", "imitkd", "distillm"))
+    assert llama["minillm"]["lr"] == "5e-6" and llama["minillm"]["lm_coef"] == "1"
+    spec = distiller_with_defaults(registry, PluginSpec("kd"), {}, llama)
+    assert build_params(registry.get("distillers", "kd").cls.Params, spec.raw, owner="kd").kd_ratio == 0.5
     assert {name: v["lr"] for name, v in task.distillers.items()} == {
         "kd": 5e-5, "seqkd": 5e-4, "gkd": 5e-4, "imitkd": 5e-4, "distillm": 1e-4, "minillm": 5e-6}

@@ -302,7 +302,8 @@ def compute_teacher_outputs(
             advance(len(chunk))
 
         # memory-aware: a chunk that does not fit is redone in halves (the outputs are per row)
-        run_in_chunks(len(order), batch_size, run, device=job.device, label=label, reporter=job.reporter)
+        run_in_chunks(len(order), batch_size, run, device=job.device, label=label, reporter=job.reporter,
+                      width=lambda p: len(data[order[p]].input_ids))
     counts.flush()
     firsts.flush()
     first_bytes.flush()

@@ -35,8 +35,35 @@ _GPT2_DISTILLERS = {
     name: {"lr": lr, **({"lm_coef": "1"} if name in ("imitkd", "distillm", "minillm") else {})}
     for name, lr in _Z_RATES.items()
 }
-_GPT2_DISTILLERS["minillm"].update(iterations="5000", schedule="constant", warmup_steps="100")
-_OPT_DISTILLERS = {name: {**values, "lm_coef": "1"} for name, values in _GPT2_DISTILLERS.items()}
+_MINILLM_RUN = {"iterations": "5000", "schedule": "constant", "warmup_steps": "100"}
+_GPT2_DISTILLERS["minillm"].update(_MINILLM_RUN)
+
+# [Z]'s OPT scripts (scripts/model_family_6k/opt/*.sh): every off-policy and on-policy distiller at 5e-5, MiniLLM at
+# a constant 5e-6 after 100 warm-up steps (no --scheduler-name: constant_trm), the LM term on all six; the teacher
+# 5 epochs at 5e-5, batch 4.
+_OPT_DISTILLERS = {name: {"lr": "5e-5", "lm_coef": "1"} for name in _Z_RATES}
+_OPT_DISTILLERS["minillm"] = {"lr": "5e-6", "lm_coef": "1", **_MINILLM_RUN}
+_OPT_TRAINING = {**_GPT2_TRAINING, "teacher": TrainConfig(lr=5e-5, epochs=5, batch_size=4)}
+
+# [Z]'s OpenLLaMA scripts (scripts/model_family_6k/llama/*.sh): kd at 1e-5 and seqkd at 5e-4 with kd_ratio 0.5 and
+# no LM term; gkd, imitkd, distillm at 5e-4 with the LM term; MiniLLM at 5e-6 (cosine_trm down to lr-min 5e-6:
+# constant) after 100 warm-up steps, 5,000 iterations, with the LM term. The 7B teacher: LoRA, 20 epochs at 5e-4,
+# batch 8. LoRA r 16, alpha 64, dropout 0.1 (DistiLLM's argument defaults; no script overrides them). Not carried
+# over: [Z] also puts LoRA on the 3B student, and its LLaMA distillm ("srkl-aesop") never samples from the student
+# (the type names neither "mixed" nor "adaptive"), so it is off-policy srkl there; kdbench's distillm stays adaptive.
+_LLAMA_DISTILLERS = {
+    "kd": {"lr": "1e-5", "kd_ratio": "0.5"},
+    "seqkd": {"lr": "5e-4", "kd_ratio": "0.5"},
+    "gkd": {"lr": "5e-4", "lm_coef": "1"},
+    "imitkd": {"lr": "5e-4", "lm_coef": "1"},
+    "distillm": {"lr": "5e-4", "lm_coef": "1"},
+    "minillm": {"lr": "5e-6", "lm_coef": "1", **_MINILLM_RUN},
+}
+_LLAMA_TRAINING = {
+    "teacher": TrainConfig(lr=5e-4, epochs=20, batch_size=8),
+    "baseline": TrainConfig(lr=5e-4, epochs=10, batch_size=8),
+    "student": TrainConfig(lr=5e-4, epochs=10, batch_size=8),
+}
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(
@@ -48,14 +75,16 @@ FAMILIES: dict[str, Family] = {
     "opt": Family(
         teacher="facebook/opt-2.7b",
         students={"small": "facebook/opt-125m", "medium": "facebook/opt-350m", "large": "facebook/opt-1.3b"},
-        training=_GPT2_TRAINING,
+        training=_OPT_TRAINING,
         distillers=_OPT_DISTILLERS,
     ),
     "llama": Family(
         teacher="openlm-research/open_llama_7b",
         students={"small": "openlm-research/open_llama_3b"},
-        training=_GPT2_TRAINING,
+        training=_LLAMA_TRAINING,
         teacher_lora=True,
+        lora={"r": 16, "alpha": 64, "dropout": 0.1},
+        distillers=_LLAMA_DISTILLERS,
         notes="[Z]'s 'LLaMA-2' arm is OpenLLaMA 7B (teacher, LoRA) and 3B (student).",
     ),
 }

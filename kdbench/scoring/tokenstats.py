@@ -85,7 +85,8 @@ def compute_token_stats(
             advance(len(idx))
 
         # memory-aware: a chunk that does not fit is redone in halves (the statistics are per row)
-        run_in_chunks(len(data), batch_size, run, device=device, label=label, reporter=reporter)
+        run_in_chunks(len(data), batch_size, run, device=device, label=label, reporter=reporter,
+                      width=lambda i: len(data[i].input_ids))
     lengths = np.array([len(v) for v in per_sample["logprob"]], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = {name: np.concatenate(arrays) if arrays else np.empty(0) for name, arrays in per_sample.items()}

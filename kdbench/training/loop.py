@@ -327,7 +327,8 @@ def generate(
             advance(len(idx))
 
         # memory-aware: a chunk that does not fit is redone in halves (greedy decoding is per row)
-        run_in_chunks(len(order), batch_size, run, device=device, label=label, reporter=reporter)
+        run_in_chunks(len(order), batch_size, run, device=device, label=label, reporter=reporter,
+                      width=lambda p: len(prompts[order[p]]) + max_new_tokens)
     out = [results[i] for i in range(len(prompts))]
     return out
 

@@ -138,15 +138,26 @@ def run_in_chunks(
     device: torch.device,
     label: str,
     reporter: Reporter | None = None,
+    width: Callable[[int], int] | None = None,
 ) -> None:
     """Call ``process(positions)`` on consecutive chunks of ``range(n)``, halving the chunk on out-of-memory.
 
-    ``process`` must only store its results once it has computed all of them (a failed chunk is redone).
+    ``width(position)``: the padded length that item needs; given it, a chunk on a CPU also holds at most
+    :data:`CPU_TOKENS_PER_FORWARD` positions (rows × its widest item), so a pass over long sequences at the end of
+    a length-sorted order does not peak above the rest. ``process`` must only store its results once it has
+    computed all of them (a failed chunk is redone).
     """
-    budget = RowBudget(label, batch_size, reporter)
+    budget = RowBudget(label, batch_size, reporter, tokens=default_tokens_per_forward(device, None))
     start = 0
     while start < n:
-        chunk = list(range(start, min(n, start + budget.fit(batch_size))))
+        rows = budget.fit(batch_size)
+        end, widest = start + 1, width(start) if width else 0
+        while end < min(n, start + rows):
+            wider = max(widest, width(end)) if width else 0
+            if width and budget.tokens is not None and (end - start + 1) * wider > budget.tokens:
+                break
+            end, widest = end + 1, wider
+        chunk = list(range(start, end))
         if fits(process, chunk):
             start += len(chunk)
         else:
