@@ -15,9 +15,11 @@ as MiniLLM's paper does with its SFT ``init`` checkpoints — an explicit option
 start as the no-KD baseline's recipe.
 
 Where kdbench still differs from [Z]: [Z] runs 5,000 iterations at a constant 5e-6 after 100 warm-up steps on a
-pretrained GPT-2; kdbench's default budget is ``iterations`` 80 at the task's student learning rate and schedule
-(the tiny default's students are trained from scratch, where 5e-6 would not move them). ``lm_coef`` (0 by default;
-[Z]: 1 on OpenWebText) adds the language-modelling term on the task's pre-training text (see DistillJob.with_lm_term).
+pretrained GPT-2 (the gpt2/opt/llama family presets and the dolly tasks set exactly that); the plugin's own default
+budget is ``iterations`` 80 at the task's student learning rate and schedule, and the tiny default task sets 114
+(its other students' steps) with ``lm_coef`` 1, since its students are trained from scratch, where 5e-6 would not
+move them. ``lm_coef`` (0 by default; [Z]: 1 on OpenWebText) adds the language-modelling term on the task's
+pre-training text (see DistillJob.with_lm_term).
 """
 
 from __future__ import annotations
