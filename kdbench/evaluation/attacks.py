@@ -39,6 +39,7 @@ class TargetEvaluation:
     references: dict[str, metrics.MembershipMetrics] = field(default_factory=dict)
     reference_scores: dict[str, np.ndarray] = field(default_factory=dict)
     teacher_rkl: dict[str, float] | None = None  # reverse KL to the teacher before/after training (run.divergence)
+    pii_leakage: dict[str, float | int | None] | None = None  # secret PII values emitted (evaluation.pii)
 
 
 def run_attacks(

@@ -55,6 +55,8 @@ class ResultRecord:
     rouge_l_ci: list[float] | None = None
     memorization: dict[str, float] | None = None
     teacher_rkl: dict[str, float] | None = None  # {"before", "after"}: reverse KL to the teacher (baseline, students)
+    # the members' and non-members' secret PII values emitted verbatim by greedy decoding (evaluation.pii)
+    pii_leakage: dict[str, Any] | None = None
     roc: dict[str, list[float]] | None = None
     git_commit: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +109,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "rouge_l_ci": (list, type(None)),
     "memorization": (dict, type(None)),
     "teacher_rkl": (dict, type(None)),
+    "pii_leakage": (dict, type(None)),
     "roc": (dict, type(None)),
     "git_commit": (str, type(None)),
     "reference": (bool,),
@@ -212,6 +215,23 @@ def _teacher_rkl(obj: dict[str, Any]) -> Iterator[str]:
         yield "field 'teacher_rkl' must be {\"before\": KL, \"after\": KL}, finite and non-negative"
 
 
+def _pii_leakage(obj: dict[str, Any]) -> Iterator[str]:
+    """PII leakage, when a record has it: rates within [0, 1] (or null: no secret values) and value counts."""
+    value = obj.get("pii_leakage")
+    if value is None:
+        return
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    rates_ok = all(value.get(k) is None or (number(value.get(k)) and 0.0 <= value[k] <= 1.0)
+                   for k in ("members", "nonmembers"))
+    counts_ok = all(isinstance(value.get(k), int) and number(value.get(k)) and value[k] >= 0
+                    for k in ("member_values", "nonmember_values"))
+    if set(value) != {"members", "nonmembers", "member_values", "nonmember_values"} or not rates_ok or not counts_ok:
+        yield ("field 'pii_leakage' must be {\"members\": rate, \"nonmembers\": rate, \"member_values\": n, "
+               "\"nonmember_values\": n}, rates within [0, 1] or null")
+
+
 def _per_block(obj: dict[str, Any]) -> Iterator[str]:
     """The per-block AUCs ``kdbench analyze blocks`` attached, when there are any."""
     blocks = (obj.get("provenance") or {}).get(PER_BLOCK_FIELD)
@@ -221,7 +241,7 @@ def _per_block(obj: dict[str, Any]) -> Iterator[str]:
 
 # In this order: a record's problems are listed as they always were.
 _VALUE_CHECKS: tuple[Callable[[dict[str, Any]], Iterator[str]], ...] = (
-    _target, _unit_intervals, _auc_ci, _rouge_l, _counts, _finite, _per_block, _teacher_rkl,
+    _target, _unit_intervals, _auc_ci, _rouge_l, _counts, _finite, _per_block, _teacher_rkl, _pii_leakage,
 )
 
 

@@ -11,6 +11,7 @@ from kdbench.core.types import TrainedModel
 from kdbench.evaluation import metrics
 from kdbench.evaluation.attacks import TargetEvaluation, run_attacks
 from kdbench.evaluation.memorization import DEFAULT_AGREEMENT_FPR, DEFAULT_THRESHOLD, MemorizationReport, agreement
+from kdbench.evaluation.pii import PIILeakage, pii_leakage
 from kdbench.run import artifacts
 from kdbench.run.context import RunContext
 from kdbench.run.divergence import teacher_rkl
@@ -64,6 +65,7 @@ class Evaluator:
             references, reference_scores = run_attacks(self.references, scoring, n, seed=ctx.seed,
                                                        n_resamples=ev.bootstrap, errors=errors)
         report = self._memorization(target, trained, results, all_scores)
+        leakage = self._pii_leakage(trained)
         per_sample = self._utility(trained)
         rouge_ci = metrics.mean_ci(per_sample, seed=ctx.seed, n_resamples=ev.bootstrap)
         rkl = None
@@ -74,6 +76,7 @@ class Evaluator:
             target, trained, float(per_sample.mean()), rouge_ci, report.summary(), results, all_scores,
             [e.id for e in self.samples], n, memorization_report=report, rouge_l_samples=per_sample,
             attack_errors=errors, references=references, reference_scores=reference_scores, teacher_rkl=rkl,
+            pii_leakage=leakage.as_dict(),
         )
 
     def memorization_rates(self, trained: TrainedModel) -> np.ndarray:
@@ -87,6 +90,14 @@ class Evaluator:
             rates = metrics.memorization_rates(generated, self._gold, n_compare=ev.memorization_compare)
             self._rates[trained.key] = rates
         return self._rates[trained.key]
+
+    def _pii_leakage(self, trained: TrainedModel) -> PIILeakage:
+        """The samples' secret PII values emitted verbatim in the same greedy continuations memorization reads."""
+        ev, template = self.ctx.task.evaluation, self.ctx.task.template
+        generated = artifacts.generations(self.ctx, trained, self.samples, ev.memorization_new_tokens)
+        texts = self.ctx.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        prompts = [template.prompt(e) for e in self.samples]
+        return pii_leakage(prompts, [e.response for e in self.samples], texts, len(self.members))
 
     def _memorization(
         self, target: str, trained: TrainedModel, results: dict[str, metrics.MembershipMetrics],

@@ -153,6 +153,7 @@ def _record(
     return ResultRecord(
         run_id=run_id, task=ctx.task.name, protocol=ctx.task.distill_on, target=e.target, attack=attack.info.name,
         rouge_l=e.rouge_l, rouge_l_ci=list(e.rouge_l_ci), memorization=e.memorization, teacher_rkl=e.teacher_rkl,
+        pii_leakage=e.pii_leakage,
         seed=ctx.seed, model=e.trained.ref, kdbench_version=__version__, git_commit=environment()["git_commit"],
         attack_params=params_dict(attack.instance.params), provenance=provenance, reference=reference,
         **_membership_fields(m), **_cell_fields(e, defense_report),
