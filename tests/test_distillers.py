@@ -3,6 +3,7 @@ gradient, and that each returns the student's architecture with new weights, det
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
@@ -203,6 +204,17 @@ def test_distillm_holds_out_validation_data_and_starts_on_ground_truth() -> None
 
 
 # --- MiniLLM ------------------------------------------------------------------------------------------------------
+
+
+def test_sampling_uses_the_installed_transformers_cache_argument() -> None:
+    """transformers 5 renames ``past_key_values`` to ``cache`` and warns on every call with the old name: sampling
+    (rollouts, on-policy students) passes whichever name the model's forward takes, so no warning reaches users."""
+    j = job(teacher=rig(tiny_model(1), token("phone")), student=rig(tiny_model(2), token("name")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        rollouts = collect_rollouts(j, [e.prompt_ids for e in j.data[:4]], MiniLLMParams(max_new_tokens=3, rollouts=4),
+                                    torch.Generator().manual_seed(0))
+    assert len(rollouts.sequences) == 4
 
 
 def test_minillm_rollouts_come_from_the_teacher_mixed_policy_and_only_from_prompts() -> None:

@@ -9,6 +9,7 @@ no top-k, no top-p), as every sampling distiller of [Z]/DistiLLM uses.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +88,18 @@ def _check_policy(policy: Sequence[PolicyPart]) -> None:
         raise ValueError(f"sample: policy weights must sum to 1, got {[p.weight for p in policy]}")
 
 
+
+def cache_keyword(model: Any) -> str:
+    """The KV cache's name in ``model``'s forward and outputs: ``cache`` from transformers 5.x (which deprecates
+    ``past_key_values`` and warns on every call), ``past_key_values`` before."""
+    forward = getattr(model, "forward", None)
+    try:
+        parameters = inspect.signature(forward).parameters if forward is not None else {}
+    except (TypeError, ValueError):
+        parameters = {}
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _sample_batch(
     policy: Sequence[PolicyPart],
     prompts: Sequence[Sequence[int]],
@@ -106,6 +119,7 @@ def _sample_batch(
     ids, attention = ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     caches: list[Any] = [None] * len(policy)
+    keywords = [cache_keyword(part.model) for part in policy]
     budget = torch.tensor(budgets, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     drawn: list[Tensor] = []
@@ -114,10 +128,10 @@ def _sample_batch(
         logits = []
         for i, part in enumerate(policy):
             output = part.model(
-                input_ids=step_ids, attention_mask=attention, position_ids=positions,
-                past_key_values=caches[i], use_cache=True,
+                input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                **{keywords[i]: caches[i]},
             )
-            caches[i] = output.past_key_values
+            caches[i] = output[keywords[i]]
             logits.append(output.logits[:, -1])
         probs = mixture_log_probs(policy, logits).exp()
         token = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device)
