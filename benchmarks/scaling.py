@@ -41,8 +41,7 @@ def task_file(directory: Path, size: int, data_dir: Path) -> Path:
     task = yaml.safe_load((ROOT / "tasks" / "dolly.yaml").read_text())
     task["name"] = f"dolly-scaling-{size}"
     task["source"]["sha256"] = hashlib.sha256((data_dir / DOLLY).read_bytes()).hexdigest()  # the local release
-    available = role_sizes(data_dir)  # the [Z] protocol gives 5,498 private and 5,502 public rows
-    task["splits"]["sizes"] = {role: min(size, available[role]) for role in ("private", "public")}
+    task["splits"]["sizes"] = records(size, data_dir)
     n_attack = min(size, 1000)
     task["evaluation"] = {
         "n_attack": n_attack, "n_eval": 100, "max_new_tokens": 32, "memorization_new_tokens": 32,
@@ -61,9 +60,14 @@ def task_file(directory: Path, size: int, data_dir: Path) -> Path:
 
 @functools.cache
 def role_sizes(data_dir: Path) -> dict[str, int]:
-    """How many rows the full Dolly task gives each split role (a size above that takes the whole role)."""
+    """How many rows the full Dolly task gives each split role (the [Z] protocol: 5,498 private, 5,502 public)."""
     splits = task_data(ROOT / "tasks" / "dolly.yaml", data_dir=data_dir).splits
     return {role: len(splits.roles[role]) for role in ("private", "public")}
+
+
+def records(size: int, data_dir: Path) -> dict[str, int]:
+    """The private and public records a size asks for, capped at what the protocol gives each role."""
+    return {role: min(size, available) for role, available in role_sizes(data_dir).items()}
 
 
 def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def run_cell(size: int, args: argparse.Namespace) -> dict[str, Any]:
         stages = {("cell (distil + attack)" if " seed=" in k else k): v for k, v in info["wall_time_per_stage"].items()}
         return {
             "size": size,
-            "records": {role: min(size, n) for role, n in role_sizes(args.data_dir).items()},
+            "records": records(size, args.data_dir),
             "wall_s": round(wall, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
             "stages_s": stages,

@@ -88,7 +88,6 @@ def _check_policy(policy: Sequence[PolicyPart]) -> None:
         raise ValueError(f"sample: policy weights must sum to 1, got {[p.weight for p in policy]}")
 
 
-
 def cache_keyword(model: Any) -> str:
     """The KV cache's name in ``model``'s forward and outputs: ``cache`` from transformers 5.x (which deprecates
     ``past_key_values`` and warns on every call), ``past_key_values`` before."""

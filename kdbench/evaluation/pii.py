@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 PII_PATTERNS: dict[str, re.Pattern[str]] = {
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"),
@@ -49,8 +49,7 @@ class PIILeakage:
     nonmember_values: int
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return {"members": self.members, "nonmembers": self.nonmembers, "member_values": self.member_values,
-                "nonmember_values": self.nonmember_values}
+        return asdict(self)
 
 
 def emitted_counts(prompts: Sequence[str], responses: Sequence[str], generated: Sequence[str]) -> list[tuple[int, int]]:

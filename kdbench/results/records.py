@@ -220,12 +220,9 @@ def _pii_leakage(obj: dict[str, Any]) -> Iterator[str]:
     value = obj.get("pii_leakage")
     if value is None:
         return
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    rates_ok = all(value.get(k) is None or (number(value.get(k)) and 0.0 <= value[k] <= 1.0)
+    rates_ok = all(value.get(k) is None or (not _wrong_type(value[k], (int, float)) and _within(value[k], 0.0, 1.0))
                    for k in ("members", "nonmembers"))
-    counts_ok = all(isinstance(value.get(k), int) and number(value.get(k)) and value[k] >= 0
+    counts_ok = all(not _wrong_type(value.get(k), (int,)) and value[k] >= 0
                     for k in ("member_values", "nonmember_values"))
     if set(value) != {"members", "nonmembers", "member_values", "nonmember_values"} or not rates_ok or not counts_ok:
         yield ("field 'pii_leakage' must be {\"members\": rate, \"nonmembers\": rate, \"member_values\": n, "

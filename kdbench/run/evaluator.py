@@ -53,6 +53,7 @@ class Evaluator:
         self._teacher = teacher
         self._rates: dict[str, np.ndarray] = {}  # memorization rates by model key (the teacher's are reused)
         self._gold: list[list[int]] | None = None
+        self._continued: dict[str, list[list[int]]] = {}  # greedy continuations by model key (a few KB each)
         self.threshold, self.agreement_fpr = memorization_threshold, agreement_fpr
 
     def __call__(self, target: str, trained: TrainedModel) -> TargetEvaluation:
@@ -86,16 +87,23 @@ class Evaluator:
             if self._gold is None:
                 eos = self.ctx.tokenizer.eos_token_id
                 self._gold = [[t for t in e.response_ids if t != eos] for e in self.ctx.encode(self.samples)]
-            generated = artifacts.generations(self.ctx, trained, self.samples, ev.memorization_new_tokens)
-            rates = metrics.memorization_rates(generated, self._gold, n_compare=ev.memorization_compare)
+            rates = metrics.memorization_rates(self._continuations(trained), self._gold,
+                                               n_compare=ev.memorization_compare)
             self._rates[trained.key] = rates
         return self._rates[trained.key]
 
+    def _continuations(self, trained: TrainedModel) -> list[list[int]]:
+        """Greedy continuations of the attack samples' prompts, read from the cache once per model (memorization
+        and PII leakage both read them)."""
+        if trained.key not in self._continued:
+            self._continued[trained.key] = artifacts.generations(
+                self.ctx, trained, self.samples, self.ctx.task.evaluation.memorization_new_tokens)
+        return self._continued[trained.key]
+
     def _pii_leakage(self, trained: TrainedModel) -> PIILeakage:
         """The samples' secret PII values emitted verbatim in the same greedy continuations memorization reads."""
-        ev, template = self.ctx.task.evaluation, self.ctx.task.template
-        generated = artifacts.generations(self.ctx, trained, self.samples, ev.memorization_new_tokens)
-        texts = self.ctx.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        template = self.ctx.task.template
+        texts = self.ctx.tokenizer.batch_decode(self._continuations(trained), skip_special_tokens=True)
         prompts = [template.prompt(e) for e in self.samples]
         return pii_leakage(prompts, [e.response for e in self.samples], texts, len(self.members))
 

@@ -88,6 +88,16 @@ def default_tokens_per_forward(device: torch.device, micro_batch: int | None) ->
     return CPU_TOKENS_PER_FORWARD if device.type == "cpu" and micro_batch is None else None
 
 
+def _within_positions(start: int, end: int, width: Callable[[int], int], tokens: int) -> int:
+    """The end of the longest chunk from ``start`` (before ``end``, at least one item) whose rows × widest item
+    stays within ``tokens``."""
+    stop, widest = start + 1, width(start)
+    while stop < end and (stop - start + 1) * max(widest, width(stop)) <= tokens:
+        widest = max(widest, width(stop))
+        stop += 1
+    return stop
+
+
 def split_rows(batch: dict[str, Any], rows: int) -> list[dict[str, Any]]:
     """``batch`` cut into consecutive pieces of at most ``rows`` rows. Every tensor whose first dimension is
     the batch's is cut; anything else (scalars, settings) is shared by all pieces."""
@@ -150,13 +160,9 @@ def run_in_chunks(
     budget = RowBudget(label, batch_size, reporter, tokens=default_tokens_per_forward(device, None))
     start = 0
     while start < n:
-        rows = budget.fit(batch_size)
-        end, widest = start + 1, width(start) if width else 0
-        while end < min(n, start + rows):
-            wider = max(widest, width(end)) if width else 0
-            if width and budget.tokens is not None and (end - start + 1) * wider > budget.tokens:
-                break
-            end, widest = end + 1, wider
+        end = min(n, start + budget.fit(batch_size))
+        if width is not None and budget.tokens is not None:
+            end = _within_positions(start, end, width, budget.tokens)
         chunk = list(range(start, end))
         if fits(process, chunk):
             start += len(chunk)
