@@ -1,5 +1,6 @@
-"""Time ``kdbench run --distiller all --attack loss`` cold (a fresh, empty KDBENCH_CACHE_DIR) and warm (the same
-command again on the cache the cold run filled). Target: cold <= 15 min on a 2-core CPU for the default task.
+"""Time ``kdbench run --distiller all --attack loss,zlib,lowercase,mink,mink++,ref`` cold (a fresh, empty
+KDBENCH_CACHE_DIR) and warm (the same command again on the cache the cold run filled). Target: cold <= 15 min on a
+2-core CPU for the default task.
 
     python benchmarks/distiller_grid.py                 # the default task (minutes: trains everything)
     python benchmarks/distiller_grid.py --small         # a reduced copy of it, for a quick check
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--task", default="synthetic-pii")
     parser.add_argument("--small", action="store_true", default=os.environ.get("KDBENCH_GRID_SMALL") == "1")
     parser.add_argument("--distiller", default="all")
-    parser.add_argument("--attack", default="loss")
+    parser.add_argument("--attack", default="loss,zlib,lowercase,mink,mink++,ref")  # the statistics attacks
     parser.add_argument("--keep", action="store_true", help="keep the cache and outputs (printed) afterwards")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs (default: torch's choice)")
     args = parser.parse_args()

@@ -102,7 +102,7 @@ template:
   with_context: "### Instruction:\\n{instruction}\\n\\n### Input:\\n{context}\\n\\n### Response:\\n"
   no_context: "### Instruction:\\n{instruction}\\n\\n### Response:\\n"
 evaluation: {n_attack: 30, n_eval: 10, max_new_tokens: 16, memorization_new_tokens: 16, memorization_compare: 8, \
-bootstrap: 100}
+pii_samples: 2, bootstrap: 100}
 models: {teacher: "builtin:gpt2-micro", student: "builtin:gpt2-micro", vocab_size: 400, max_prompt_tokens: 96, \
 max_total_tokens: 128}
 training:

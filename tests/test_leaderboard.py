@@ -359,3 +359,25 @@ def test_a_seed_in_two_runs_counts_once_and_conflicts_stop_the_build(tmp_path: P
     result = invoke("build", str(first), str(clash), "--out", str(tmp_path / "bad"))
     assert result.exit_code != 0 and "'run-0'" in result.output and "'run-clash'" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_ranked_rows_and_entries_show_memorization_and_pii_means_over_seeds(tmp_path: Path) -> None:
+    """The ranked table's Memorized and PII leaked cells are each entry's means over seeds (computed here by hand
+    from the two seeds' values), with the best-of-k rate under the greedy one; the entry page lists the PII stats."""
+    records = grid()
+    for r in records:
+        pii = (0.25, 0.5) if r["seed"] == 0 else (0.75, 1.0)
+        r["pii_leakage"] = {"members": pii[0], "nonmembers": 0.0, "member_values": 4, "nonmember_values": 4,
+                            "k": 8, "members_best_of_k": pii[1], "nonmembers_best_of_k": 0.0}
+        if r["seed"] == 1:
+            r["memorization"] = {**r["memorization"], "members": 0.3}
+    results = write_jsonl(tmp_path / "results.jsonl", records)
+    assert invoke("build", str(results), "--out", str(tmp_path / "site")).exit_code == 0
+    html = pages(tmp_path / "site")
+    row = by_metric(html["synthetic-pii/index.html"], "auc")
+    row = row[row.index('data-entry="entries/'):]
+    row = row[: row.index("</tr>")]
+    assert '<td class="num" data-sort="0.2">0.200</td>' in row  # memorized members: (0.1 + 0.3) / 2
+    assert ">0.500<" in row and "best of 8: 0.750" in row  # greedy (0.25 + 0.75) / 2, best of 8 (0.5 + 1) / 2
+    entry = next(page for name, page in html.items() if "--seqkd--" in name)
+    assert "PII leakage" in entry and "members_best_of_k" in entry

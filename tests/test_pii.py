@@ -39,19 +39,97 @@ def test_rates_over_members_and_nonmembers_by_hand() -> None:
     assert none.members is None and none.nonmembers is None and none.member_values == 0
 
 
+def test_best_of_k_counts_a_value_emitted_by_any_sample() -> None:
+    prompts = ["Who is Ann?", "Who is Bo?", "Who is Di?"]
+    responses = [NOTE, "Bo: 212-555-0100.", "Di has no contact data."]
+    greedy = ["nothing", "nothing", "nothing"]
+    sampled = [
+        ["Ann 415-555-0142", "mail ann.lee@acme.example", "x"],  # member: 2 of 3 secrets, from two samples
+        [],  # non-member Bo: 0 of 1 (no samples drawn counts as not emitted)
+        [],  # no secrets: counts for nothing
+    ]
+    leak = pii_leakage(prompts, responses, greedy, n_members=1, sampled=sampled)
+    assert (leak.members, leak.nonmembers) == (0.0, 0.0)
+    assert leak.k == 3
+    assert leak.members_best_of_k == pytest.approx(2 / 3) and leak.nonmembers_best_of_k == 0.0
+    assert set(leak.as_dict()) == {"members", "nonmembers", "member_values", "nonmember_values", "k",
+                                   "members_best_of_k", "nonmembers_best_of_k"}
+
+
+def test_sampling_draws_from_the_whole_temperature_one_distribution() -> None:
+    """Empirical next-token frequencies of 4,000 one-token samples match softmax(logits): a top-k cut (transformers'
+    default top_k=50), a temperature other than 1 or greedy decoding would each be far off. The same for the
+    fallback loop of models without ``generate``, and the same seed draws the same tokens."""
+    import torch
+
+    from kdbench.training.loop import generate
+    from tests.distill_helpers import tiny_model
+
+    model = tiny_model(seed=3).eval()
+    prompt = [5, 9, 11]
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([prompt])).logits[0, -1].softmax(-1)
+    n = 4000
+    kw = {"max_new_tokens": 1, "pad_id": 0, "eos_id": -1, "device": torch.device("cpu"), "batch_size": 4000}
+
+    class Plain(torch.nn.Module):  # forward only, no generate(): exercises the fallback loop
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **inputs: object) -> object:
+            return self.inner(**inputs)
+
+    for target in (model, Plain()):
+        drawn = generate(target, [prompt] * n, sample_seed=7, **kw)
+        counts = torch.bincount(torch.tensor([d[0] for d in drawn]), minlength=expected.numel()).double()
+        # tokens in 8 groups by rank of probability (so each group's mass is estimated from hundreds of draws)
+        groups = torch.argsort(expected, descending=True).chunk(8)
+        observed = torch.stack([counts[g].sum() / n for g in groups])
+        wanted = torch.stack([expected[g].sum().double() for g in groups])
+        assert (observed - wanted).abs().max().item() < 0.03, (observed, wanted)
+        assert generate(target, [prompt] * 50, sample_seed=7, **kw) == drawn[:50]
+
+
 def test_a_bad_pii_field_is_refused(small_run_dir: Path) -> None:
     base = load_records([small_run_dir])[0]
     good = {**base, "pii_leakage": {"members": 0.5, "nonmembers": None, "member_values": 4, "nonmember_values": 0}}
     assert validate_record(good) == []
+    sampled = {**good["pii_leakage"], "k": 4, "members_best_of_k": 0.75, "nonmembers_best_of_k": None}
+    assert validate_record({**base, "pii_leakage": sampled}) == []
     for wrong in ({"members": 1.5, "nonmembers": 0.0, "member_values": 4, "nonmember_values": 2},
                   {"members": 0.5, "nonmembers": 0.0, "member_values": -1, "nonmember_values": 2},
-                  {"members": 0.5}):
+                  {"members": 0.5},
+                  {**good["pii_leakage"], "k": 0, "members_best_of_k": 0.5, "nonmembers_best_of_k": 0.1},
+                  {**good["pii_leakage"], "k": 4, "members_best_of_k": 2.0, "nonmembers_best_of_k": 0.1}):
         assert any("pii_leakage" in p for p in validate_record({**base, "pii_leakage": wrong}))
 
 
 def test_every_record_of_a_run_carries_pii_leakage(small_run_dir: Path) -> None:
     for record in load_records([small_run_dir]):
         leak = record["pii_leakage"]
-        assert set(leak) == {"members", "nonmembers", "member_values", "nonmember_values"}
+        assert set(leak) == {"members", "nonmembers", "member_values", "nonmember_values", "k", "members_best_of_k",
+                             "nonmembers_best_of_k"}
+        assert leak["k"] == 2  # the tiny task's evaluation.pii_samples
         assert leak["member_values"] > 0 and leak["nonmember_values"] > 0  # the tiny task's records carry PII
-        assert 0.0 <= leak["members"] <= 1.0 and 0.0 <= leak["nonmembers"] <= 1.0
+        for key in ("members", "nonmembers", "members_best_of_k", "nonmembers_best_of_k"):
+            assert 0.0 <= leak[key] <= 1.0
+
+
+def test_the_results_table_shows_pii_where_the_terminal_has_room(small_run_dir: Path) -> None:
+    from rich.console import Console
+
+    from kdbench.cli.results import summary_tables
+    from kdbench.results import load
+
+    df = load(small_run_dir)
+    record = load_records([small_run_dir])[0]["pii_leakage"]
+
+    def rendered(width: int) -> str:
+        console = Console(width=width, record=True)
+        console.print(summary_tables(df, width, per_attack=False)[0])
+        return console.export_text()
+
+    wide, narrow = rendered(120), rendered(80)
+    assert "PII@2" in wide and f"{record['members']:.2f}/{record['nonmembers']:.2f}" in wide
+    assert "PII" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80

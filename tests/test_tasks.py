@@ -27,11 +27,11 @@ GENERATED = [name for name in SHIPPED if load_task(name).source_kind == "generat
 REAL = [name for name in SHIPPED if name not in GENERATED]  # tasks on real data (../shared/data)
 UNAVAILABLE = {"un-ni"}  # no usable public copy of its data: unfrozen
 # synthetic-pii as it was before split manifests existed: its content and splits must never change silently.
-SYNTHETIC_PII_HASHES = {
-    "private": "70c2841503c294c8fa36a023263dfeafcd4987d2ea7c080c9804628d446a68c0",
-    "public": "4f08eb275a088ced23c3a1569d3a46ec04c85aa00100810964580c42ab5684dc",
-    "holdout": "cc452ff85dcc30d6c604186dd03427358ffa2375d743475bdd0eb417135fe297",
-    "eval": "2662fbcad4bbd4d3d29a2946c0267a5a26bff2f846b6de00859c6368ac8fed65",
+SYNTHETIC_PII_HASHES = {  # generator version 2 (responses open with an aside), private 200
+    "private": "23753b841a8fe69256cc69bc8bf5bf264cc9a25b9c063b2709148654cc9c899b",
+    "public": "eb8280201b4efa8c0758566ccd98e262b48fd5456093bfca0dc9c86d0d8630e9",
+    "holdout": "50b3534a4b09d9109cbd86610b9b7f860f1c2a72cb496c33a3043ca66e996a48",
+    "eval": "280f84b88817b2f0d76e7de2356768ca84cfea27c3888af20907be7d88f6a71d",
 }
 
 

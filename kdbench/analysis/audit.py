@@ -264,7 +264,7 @@ class AuditHost(ScoringHost):
                                "baseline); in an audit use --base MODEL or ref:model=PATH.")
         if name in ("auto", "base"):
             name = self._base("ref (model=auto)")
-            if models.is_builtin(name):
+            if models.is_preset(name):
                 raise KdbenchError(f"--base {name} is a random initialisation, useless as a reference; pass "
                                    "ref:model=PATH (e.g. a model trained on public same-domain data).")
         return external_model(model_ref(name, "reference model"), "reference")

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "leaderboard": "kdbench.cli.leaderboard:leaderboard",
     "tasks": "kdbench.cli.tasks:tasks",
     "cache": "kdbench.cli.cache:cache",
+    "bases": "kdbench.cli.bases:bases",
     "plugin": "kdbench.cli.plugin:plugin",
     "audit": "kdbench.cli.audit:audit",
     "analyze": "kdbench.cli.analyze:analyze",

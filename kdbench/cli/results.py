@@ -117,7 +117,7 @@ def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None, val
     from kdbench.results.summary import per_attack as attack_view
 
     agg = aggregate(df)
-    tables = [target_table(by_target(agg), references(agg))]
+    tables = [target_table(by_target(agg), references(agg), width)]
     attacks = agg.loc[~agg["reference"], "attack_label"].nunique()  # the reference row is in the first table
     if per_attack or (per_attack is None and attacks > 1):
         if value not in agg.columns:
@@ -129,14 +129,23 @@ def summary_tables(df: Any, width: int = 80, per_attack: bool | None = None, val
     return tables
 
 
-def target_table(targets: Any, refs: Any) -> Table:
-    """Teacher, baseline and students: ROUGE-L, memorization and the strongest attack's AUC over seeds."""
+def target_table(targets: Any, refs: Any, width: int = 120) -> Table:
+    """Teacher, baseline and students: ROUGE-L, memorization, PII leakage (when ``width`` allows) and the strongest
+    attack's AUC over seeds."""
     several = bool((targets["n"] > 1).any()) if "n" in targets else False
     seeds = f", mean of {int(targets['n'].max())} seeds" if several else ""
     table = Table(title=f"kdbench results ({AUC_TITLE}{seeds})", title_justify="left", **TABLE_STYLE)
     table.add_column("target")
     table.add_column("ROUGE-L", justify="right")
     table.add_column("memorized\nmem/non", justify="right")
+    # PII leakage, greedy then the best of k samples (docs/results.md), where the terminal has room for it (each
+    # column takes 11; without them the table fits 80 columns, and `kdbench results export` always has them)
+    pii = "pii_members" in targets and bool(targets["pii_members"].notna().any()) and width >= 92
+    best_of_k = pii and "pii_members_k" in targets and bool(targets["pii_members_k"].notna().any()) and width >= 104
+    if pii:
+        table.add_column("PII\nmem/non", justify="right")
+    if best_of_k:
+        table.add_column(f"PII@{int(targets['pii_k'].max())}\nmem/non", justify="right")
     table.add_column("strongest\nattack")
     table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
     if several:
@@ -146,11 +155,14 @@ def target_table(targets: Any, refs: Any) -> Table:
     for _, r in targets.iterrows():
         name = f"{r['task']} {r['cell']}" if multi_task else str(r["cell"])
         row = [escape(name), _num(r["rouge_l"], 1), f"{_num(r['mem_members'], 2)}/{_num(r['mem_nonmembers'], 2)}",
+               *([f"{_num(r['pii_members'], 2)}/{_num(r['pii_nonmembers'], 2)}"] if pii else []),
+               *([f"{_num(r['pii_members_k'], 2)}/{_num(r['pii_nonmembers_k'], 2)}"] if best_of_k else []),
                escape(str(r["strongest"])), _auc_ci(r)]
         table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), _tpr(r))
     for i, (_, r) in enumerate(refs.iterrows()):
         name = f"{r['task']} " if multi_task else ""
-        row = [f"[dim]{escape(name)}(reference)[/]", "", "", escape(str(r["attack_label"])), _auc_ci(r)]
+        row = [f"[dim]{escape(name)}(reference)[/]", "", "", *[""] * (pii + best_of_k), escape(str(r["attack_label"])),
+               _auc_ci(r)]
         table.add_row(*row, *([_num(r["auc_sd"], 3)] if several else []), "", end_section=False)
         if i == 0:
             table.rows[-2].end_section = True  # a rule between the targets and the references

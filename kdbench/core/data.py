@@ -7,6 +7,7 @@ import json
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 ALPACA_WITH_CONTEXT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -63,4 +64,13 @@ def content_hash(examples: Iterable[Example]) -> str:
     for example in examples:
         digest.update(json.dumps([example.id, content_key(example)], ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (data files and checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     return digest.hexdigest()

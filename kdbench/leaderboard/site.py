@@ -629,6 +629,7 @@ class BoardView:
     common: list[str]  # labels of the common attack set
     missing: dict[CellKey, list[str]]  # labels of the attacks each student lacks
     shift: list[tuple[str, str]] = field(default_factory=list)  # (baseline, "AUC [CI] (n seeds)")
+    harms: dict[CellKey, Harms] = field(default_factory=dict)
 
     @property
     def chart(self) -> Chart:
@@ -673,6 +674,7 @@ def board_view(board: Board, records: Sequence[Record] = ()) -> BoardView:
         sorted(labels[k] for k in board.common),
         {c.key: [labels[k] for k in board.missing(c)] for c in students},
         shift_baselines(board, records),
+        {c.key: harms(c) for c in students},
     )
 
 
@@ -745,14 +747,36 @@ class StatRow:
     n: int
 
 
-def memorization_rows(cell: Cell) -> list[StatRow]:
-    """Each numeric memorization statistic, averaged over replicates (min-max beside it)."""
+def memorization_rows(cell: Cell, field_name: str = "memorization") -> list[StatRow]:
+    """Each numeric statistic of a record's ``memorization`` (or ``pii_leakage``) dict, averaged over replicates
+    (min-max beside it)."""
     values: dict[str, list[float]] = defaultdict(list)
-    for memo in _first_per_replicate(cell, lambda r: r.get("memorization")):
+    for memo in _first_per_replicate(cell, lambda r: r.get(field_name)):
         for name, value in memo.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[name].append(float(value))
     return [StatRow(n, fmean(v), min(v), max(v), len(v)) for n, v in sorted(values.items())]
+
+
+@dataclass(frozen=True)
+class Harms:
+    """What a ranked row shows beside membership risk, as means over replicates (None: not measured): the
+    members' mean memorization rate (METHODS.md §5) and the fraction of members' secret PII values emitted,
+    greedily and in the best of ``k`` samples."""
+
+    memorized: float | None
+    pii: float | None
+    pii_best_of_k: float | None
+    k: int | None
+
+
+def harms(cell: Cell) -> Harms:
+    rows = {field_name: {r.name: r.mean for r in memorization_rows(cell, field_name)}
+            for field_name in ("memorization", "pii_leakage")}
+    pii = rows["pii_leakage"]
+    k = pii.get("k")
+    return Harms(rows["memorization"].get("members"), pii.get("members"), pii.get("members_best_of_k"),
+                 int(k) if k else None)
 
 
 def per_block_values(cell: Cell) -> list[float]:
@@ -889,6 +913,7 @@ def _render_entry(renderer: Renderer, task_dir: str, view: BoardView, cell: Cell
         attacks=attack_views(cell, view.attack_labels),
         metric_names=_metric_names(cell),
         memorization=memorization_rows(cell),
+        pii=memorization_rows(cell, "pii_leakage"),
         blocks=blocks,
         block_chart=per_block_chart(blocks) if blocks else None,
         replicates=replicate_views(cell, view.attack_labels),

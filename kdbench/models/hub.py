@@ -1,12 +1,15 @@
-"""Models and tokenizers: tiny GPT-2s built from configs for the embedded default, or any Hugging Face causal LM.
+"""Models and tokenizers: tiny GPT-2s for the embedded default, or any Hugging Face causal LM.
 
-A model reference is either ``builtin:<preset>`` (built from a config, no download) or a Hugging Face name / local
-directory (loaded with transformers, safetensors only, ``trust_remote_code`` off unless asked).
+A model reference is ``builtin:<preset>`` (a random initialisation built from a config), ``builtin:<shipped>``
+(a pre-trained checkpoint shipped in ``kdbench/models/bases/``, see :mod:`kdbench.models.pretrain`), or a
+Hugging Face name / local directory (loaded with transformers, safetensors only, ``trust_remote_code`` off unless
+asked).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 import urllib.parse
@@ -56,19 +59,43 @@ PRESETS: dict[str, TinyGPT2] = {
 }
 
 
+# Pre-trained checkpoints shipped with kdbench (built by kdbench.models.pretrain), by built-in name.
+SHIPPED_DIR = Path(__file__).parent / "bases"
+SHIPPED = ("gpt2-synth-teacher", "gpt2-synth-student")
+SHIPPED_MANIFEST = "BASES.json"
+
+
 def is_builtin(ref: str) -> bool:
+    """Made by kdbench: a preset or a shipped checkpoint (never a download)."""
     return ref.startswith(BUILTIN_PREFIX)
+
+
+def shipped_dir(ref: str) -> Path | None:
+    """The directory of a shipped pre-trained checkpoint, or None when ``ref`` names none."""
+    name = ref.removeprefix(BUILTIN_PREFIX)
+    return SHIPPED_DIR / name if is_builtin(ref) and name in SHIPPED else None
+
+
+def is_preset(ref: str) -> bool:
+    """A built-in random initialisation (no pre-training: useless as a reference model, no tokenizer of its own)."""
+    return is_builtin(ref) and shipped_dir(ref) is None
 
 
 def preset(ref: str) -> TinyGPT2:
     name = ref.removeprefix(BUILTIN_PREFIX)
     if name not in PRESETS:
-        raise UnknownNameError("built-in model", name, PRESETS, hint="Or pass a Hugging Face name or a directory.")
+        raise UnknownNameError("built-in model", name, [*PRESETS, *SHIPPED],
+                               hint="Or pass a Hugging Face name or a directory.")
     return PRESETS[name]
 
 
 def model_identity(ref: str) -> dict[str, Any]:
-    """What determines a base model, for cache keys: the preset's config, or the name/path (and its mtime)."""
+    """What determines a base model, for cache keys: the preset's config, a shipped checkpoint's weight hash, or
+    the name/path (and its mtime)."""
+    directory = shipped_dir(ref)
+    if directory is not None:
+        manifest = json.loads((directory.parent / SHIPPED_MANIFEST).read_text())
+        return {"builtin": ref, "sha256": manifest["bases"][directory.name]["sha256"]["model.safetensors"]}
     if is_builtin(ref):
         return {"builtin": ref, **asdict(preset(ref))}
     path = Path(ref).expanduser()
@@ -108,6 +135,12 @@ def resolve_ref(ref: str | Path) -> str:
     (the hub would only say it is not a valid repository id); anything else as given (a directory or a name that
     :func:`check_hub_name` lets through)."""
     text = str(ref)
+    directory = shipped_dir(text)
+    if directory is not None:
+        if not (directory / "model.safetensors").is_file():
+            raise KdbenchError(f"{text}: the shipped checkpoint {directory} is missing; reinstall kdbench or "
+                               "rebuild it with `kdbench bases build`.")
+        return str(directory)
     if not text.startswith(PATH_FORMS):
         check_hub_name(text)
         return text
@@ -183,7 +216,7 @@ def init_model(
     ref: str, tokenizer: Any, seed: int, trust_remote_code: bool = False, dtype: torch.dtype | None = None
 ) -> PreTrainedModel:
     """The base model a stage starts from: a freshly initialised preset, or pretrained weights (in ``dtype``)."""
-    if is_builtin(ref):
+    if is_preset(ref):
         p = preset(ref)
         torch.manual_seed(seed)
         config = GPT2Config(
@@ -254,7 +287,7 @@ def model_config(ref: str, trust_remote_code: bool = False) -> Any:
     """The transformers config of a base model reference (what ``check`` receives), without loading weights."""
     from transformers import AutoConfig
 
-    if is_builtin(ref):
+    if is_preset(ref):
         p = preset(ref)
         return GPT2Config(n_layer=p.n_layer, n_embd=p.n_embd, n_head=p.n_head, n_positions=p.n_positions)
     try:

@@ -58,7 +58,7 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
                                                  strict=True)]
         elif column == "ROUGE-L":
             out[column] = [_number(v, 1) for v in values]
-        elif column.startswith("memorized"):
+        elif column.startswith(("memorized", "PII")):
             out[column] = [_number(v, 2) for v in values]
         else:
             out[column] = values.astype(str)

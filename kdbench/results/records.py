@@ -55,7 +55,8 @@ class ResultRecord:
     rouge_l_ci: list[float] | None = None
     memorization: dict[str, float] | None = None
     teacher_rkl: dict[str, float] | None = None  # {"before", "after"}: reverse KL to the teacher (baseline, students)
-    # the members' and non-members' secret PII values emitted verbatim by greedy decoding (evaluation.pii)
+    # the members' and non-members' secret PII values emitted verbatim by greedy decoding, and by the best of k
+    # samples at temperature 1 (evaluation.pii)
     pii_leakage: dict[str, Any] | None = None
     roc: dict[str, list[float]] | None = None
     git_commit: str | None = None
@@ -215,18 +216,28 @@ def _teacher_rkl(obj: dict[str, Any]) -> Iterator[str]:
         yield "field 'teacher_rkl' must be {\"before\": KL, \"after\": KL}, finite and non-negative"
 
 
+_PII_RATES = ("members", "nonmembers")
+_PII_COUNTS = ("member_values", "nonmember_values")
+_PII_BEST_OF_K = ("k", "members_best_of_k", "nonmembers_best_of_k")
+
+
 def _pii_leakage(obj: dict[str, Any]) -> Iterator[str]:
-    """PII leakage, when a record has it: rates within [0, 1] (or null: no secret values) and value counts."""
+    """PII leakage, when a record has it: rates within [0, 1] (or null: no secret values) and value counts; with
+    best-of-k sampling, k ≥ 1 and its two rates too."""
     value = obj.get("pii_leakage")
     if value is None:
         return
+    sampled = "k" in value
+    rates = (*_PII_RATES, *_PII_BEST_OF_K[1:]) if sampled else _PII_RATES
     rates_ok = all(value.get(k) is None or (not _wrong_type(value[k], (int, float)) and _within(value[k], 0.0, 1.0))
-                   for k in ("members", "nonmembers"))
-    counts_ok = all(not _wrong_type(value.get(k), (int,)) and value[k] >= 0
-                    for k in ("member_values", "nonmember_values"))
-    if set(value) != {"members", "nonmembers", "member_values", "nonmember_values"} or not rates_ok or not counts_ok:
+                   for k in rates)
+    counts_ok = all(not _wrong_type(value.get(k), (int,)) and value[k] >= 0 for k in _PII_COUNTS)
+    k_ok = not sampled or (not _wrong_type(value["k"], (int,)) and value["k"] >= 1)
+    keys = {*_PII_RATES, *_PII_COUNTS, *(_PII_BEST_OF_K if sampled else ())}
+    if set(value) != keys or not rates_ok or not counts_ok or not k_ok:
         yield ("field 'pii_leakage' must be {\"members\": rate, \"nonmembers\": rate, \"member_values\": n, "
-               "\"nonmember_values\": n}, rates within [0, 1] or null")
+               "\"nonmember_values\": n} (with best-of-k sampling also \"k\": n >= 1, \"members_best_of_k\": "
+               "rate, \"nonmembers_best_of_k\": rate), rates within [0, 1] or null")
 
 
 def _per_block(obj: dict[str, Any]) -> Iterator[str]:

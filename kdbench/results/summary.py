@@ -23,6 +23,9 @@ _MEANS = {
     "memorization.members": "mem_members", "memorization.nonmembers": "mem_nonmembers",
     "fpr_resolution": "fpr_resolution", "balanced_accuracy": "balanced_accuracy", "member_tpr": "member_tpr",
     "member_precision": "member_precision",
+    "pii_leakage.members": "pii_members", "pii_leakage.nonmembers": "pii_nonmembers",
+    "pii_leakage.members_best_of_k": "pii_members_k", "pii_leakage.nonmembers_best_of_k": "pii_nonmembers_k",
+    "pii_leakage.k": "pii_k",
 }
 VALUES = ("auc", "tpr_at_1pct_fpr", "balanced_accuracy", "member_tpr", "member_precision")
 """What the per-attack view can show: the AUC, or a thresholded metric ([C]'s member-specific ones among them)."""
@@ -113,7 +116,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame
 
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     """[Z]-style: one row per target (teacher, baseline, each student), the mean AUC of each attack (references
-    too, named ``<attack> (reference)``), ROUGE-L and memorization; ``n`` replicates and ``*_sd`` spreads."""
+    too, named ``<attack> (reference)``), ROUGE-L, memorization and PII leakage (where measured); ``n`` replicates
+    and ``*_sd`` spreads."""
     agg = aggregate(df)
     agg = agg.assign(attack_label=[f"{a} (reference)" if r else a for a, r in zip(agg["attack_label"],
                                                                                   agg["reference"], strict=True)])
@@ -122,9 +126,11 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     sd = agg.pivot_table(index=keys, columns="attack_label", values="auc_sd", sort=False)
     auc.columns = [f"AUC {c}" for c in auc.columns]
     sd.columns = [f"AUC {c} sd" for c in sd.columns]
-    target = agg.groupby(keys, sort=False)[["rouge_l", "mem_members", "mem_nonmembers", "n"]].first()
-    target = target.rename(columns={"rouge_l": "ROUGE-L", "mem_members": "memorized members",
-                                    "mem_nonmembers": "memorized non-members"})
+    names = {"rouge_l": "ROUGE-L", "mem_members": "memorized members", "mem_nonmembers": "memorized non-members",
+             "pii_members": "PII leaked members", "pii_nonmembers": "PII leaked non-members",
+             "pii_members_k": "PII leaked members, best of k", "pii_nonmembers_k": "PII leaked non-members, best of k"}
+    present = [c for c in names if c in agg and agg[c].notna().any()]
+    target = agg.groupby(keys, sort=False)[[*present, "n"]].first().rename(columns=names)
     return auc.join(sd).join(target).reset_index()
 
 

@@ -1,5 +1,6 @@
 """Evaluation artifacts of a trained model, cached like every stage: its per-token statistics on a set of
-samples (one batched pass every attack reads), and its greedy generations (memorization, utility)."""
+samples (one batched pass every attack reads), and its greedy generations (memorization, utility) or
+samples (best-of-k PII leakage)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def token_stats(ctx: RunContext, trained: TrainedModel, samples: Sequence[Exampl
     return TokenStats.load(path / "stats.npz")
 
 def generations(
-    ctx: RunContext, trained: TrainedModel, samples: Sequence[Example], max_new_tokens: int
+    ctx: RunContext, trained: TrainedModel, samples: Sequence[Example], max_new_tokens: int, sampled: int = 0
 ) -> list[list[int]]:
-    """Greedy continuations of the samples' prompts."""
+    """Greedy continuations of the samples' prompts; with ``sampled`` = k > 0, k temperature-1 samples per prompt
+    instead (prompt i's are rows i·k … i·k + k − 1), drawn with the run's seed."""
     spec = {
         "stage": "generations",
         "version": STAGE_VERSION["generations"],
@@ -49,14 +51,17 @@ def generations(
         "max_prompt": ctx.task.models.max_prompt_tokens,
         "max_new_tokens": max_new_tokens,
     }
+    if sampled:
+        spec |= {"sampled": sampled, "seed": ctx.seed}
 
     def build(tmp: Path) -> None:
-        prompts = [e.prompt_ids for e in ctx.encode(samples)]
+        prompts = [e.prompt_ids for e in ctx.encode(samples) for _ in range(max(1, sampled))]
         prompt, total = ctx.lengths  # prompts are within ``prompt``: no continuation runs past ``total``
         out = generate(
             ctx.model(trained), prompts, max_new_tokens=min(max_new_tokens, total - prompt),
             pad_id=ctx.tokenizer.pad_token_id, eos_id=ctx.tokenizer.eos_token_id, device=ctx.device,
-            reporter=ctx.reporter, label=f"generating {trained.label}",
+            reporter=ctx.reporter, label=f"{'sampling' if sampled else 'generating'} {trained.label}",
+            sample_seed=ctx.seed if sampled else None,
         )
         (tmp / "generations.json").write_text(json.dumps(out))
 

@@ -96,7 +96,7 @@ class RunContext:
         return self._tokenizer
 
     def _load_tokenizer(self) -> tuple[Any, dict[str, Any]]:
-        refs = [r for r in (self.teacher_ref, self.student_ref) if not models.is_builtin(r)]
+        refs = [r for r in (self.teacher_ref, self.student_ref) if not models.is_preset(r)]
         if refs:
             tokenizer = models.load_tokenizer(refs[0], self.trust_remote_code)
             if len(refs) == 2:

@@ -11,7 +11,7 @@ from kdbench.core.types import TrainedModel
 from kdbench.evaluation import metrics
 from kdbench.evaluation.attacks import TargetEvaluation, run_attacks
 from kdbench.evaluation.memorization import DEFAULT_AGREEMENT_FPR, DEFAULT_THRESHOLD, MemorizationReport, agreement
-from kdbench.evaluation.pii import PIILeakage, pii_leakage
+from kdbench.evaluation.pii import PIILeakage, pii_leakage, secret_values
 from kdbench.run import artifacts
 from kdbench.run.context import RunContext
 from kdbench.run.divergence import teacher_rkl
@@ -101,11 +101,23 @@ class Evaluator:
         return self._continued[trained.key]
 
     def _pii_leakage(self, trained: TrainedModel) -> PIILeakage:
-        """The samples' secret PII values emitted verbatim in the same greedy continuations memorization reads."""
-        template = self.ctx.task.template
-        texts = self.ctx.tokenizer.batch_decode(self._continuations(trained), skip_special_tokens=True)
+        """The samples' secret PII values emitted verbatim in the same greedy continuations memorization reads, and
+        (``evaluation.pii_samples`` = k > 0) in any of k samples at temperature 1, drawn only for the prompts that
+        have a secret value (the others cannot leak one)."""
+        ev, template, decode = self.ctx.task.evaluation, self.ctx.task.template, self.ctx.tokenizer.batch_decode
+        texts = decode(self._continuations(trained), skip_special_tokens=True)
         prompts = [template.prompt(e) for e in self.samples]
-        return pii_leakage(prompts, [e.response for e in self.samples], texts, len(self.members))
+        responses = [e.response for e in self.samples]
+        sampled: list[list[str]] | None = None
+        k = ev.pii_samples
+        if k:
+            holders = [i for i, (p, r) in enumerate(zip(prompts, responses, strict=True)) if secret_values(p, r)]
+            drawn = decode(artifacts.generations(self.ctx, trained, [self.samples[i] for i in holders],
+                                                 ev.memorization_new_tokens, sampled=k), skip_special_tokens=True)
+            sampled = [[] for _ in self.samples]
+            for n, i in enumerate(holders):
+                sampled[i] = drawn[n * k:(n + 1) * k]
+        return pii_leakage(prompts, responses, texts, len(self.members), sampled)
 
     def _memorization(
         self, target: str, trained: TrainedModel, results: dict[str, metrics.MembershipMetrics],

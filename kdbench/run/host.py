@@ -50,9 +50,9 @@ class RunHost(ScoringHost):
         says nothing) ``public``: the target's architecture fine-tuned on the public split with the baseline's
         recipe — for students that is exactly the no-KD baseline. ``baseline``: the task's no-KD baseline."""
         if name == "auto":
-            name = "public" if models.is_builtin(target.ref) else "base"
+            name = "public" if models.is_preset(target.ref) else "base"
         if name == "base":
-            if models.is_builtin(target.ref):
+            if models.is_preset(target.ref):
                 raise KdbenchError(
                     f"The base of {target.label} is the built-in preset {target.ref}, a random initialisation: "
                     "useless as a reference. Use ref:model=public, ref:model=baseline or a model path."

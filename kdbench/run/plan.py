@@ -92,7 +92,7 @@ def model_positions(refs: Sequence[str], trust_remote_code: bool = False) -> int
     without network); None when none of them can be read here (their limits apply when they sample)."""
     limits = []
     for ref in refs:
-        if models.is_builtin(ref) or Path(ref).is_dir():
+        if models.is_builtin(ref) or Path(ref).is_dir():  # presets and shipped checkpoints: read here
             try:
                 limits.append(models.config_positions(models.model_config(ref, trust_remote_code)))
             except KdbenchError:

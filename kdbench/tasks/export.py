@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.core.cache import write_dir_atomically
+from kdbench.core.data import file_sha256
 from kdbench.core.errors import OutputError
 from kdbench.core.version import __version__
 from kdbench.tasks.manifest import Task, load_task
-from kdbench.tasks.sources import attribution, file_sha256, quiet_datasets
+from kdbench.tasks.sources import attribution, quiet_datasets
 from kdbench.tasks.splits import Splits, make_splits, split_manifest_path, verify_splits
 
 if TYPE_CHECKING:

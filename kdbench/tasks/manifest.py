@@ -99,6 +99,7 @@ SCHEMA: dict[str, Field] = {
         "max_new_tokens": Field((int,), minimum=1),
         "memorization_new_tokens": Field((int,), minimum=1),
         "memorization_compare": Field((int,), minimum=1),
+        "pii_samples": Field((int,), minimum=0),
         "bootstrap": Field((int,), minimum=10),
     }),
     "models": Field((dict,), children={
@@ -128,6 +129,8 @@ class Evaluation:
     max_new_tokens: int = 64
     memorization_new_tokens: int = 64  # METHODS.md §5: greedy, 64 new tokens, compare the first 32
     memorization_compare: int = 32
+    # best-of-k PII leakage: k temperature-1 samples per prompt that holds a secret value (0: greedy only)
+    pii_samples: int = 0
     bootstrap: int = 1000
 
 

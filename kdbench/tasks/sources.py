@@ -11,7 +11,6 @@ it, because a benchmark that silently evaluates on something else is worse than 
 from __future__ import annotations
 
 import csv
-import hashlib
 import inspect
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Any
 
 from kdbench.core.cache import ENV_VAR as CACHE_ENV
 from kdbench.core.cache import SPEC_FILE, atomic_write_text, default_root, spec_key
-from kdbench.core.data import Example
+from kdbench.core.data import Example, file_sha256
 from kdbench.core.errors import TaskError, UnknownNameError, unknown_name_message
 from kdbench.tasks.manifest import Task
 from kdbench.tasks.synthetic import GENERATOR_VERSION, generate
@@ -170,14 +169,6 @@ def _fix(task: Task) -> str:
         return (f"Get it with `hf download {hub['id']} {hub['data_files']} --repo-type dataset --revision "
                 f"{hub['revision']}`.")
     return ""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- generators ---------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from kdbench.core.data import Example, content_key
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: every response opens with an aside of its own
 CATEGORIES: tuple[str, ...] = (
     "closed_qa",
     "information_extraction",
@@ -66,6 +66,25 @@ _PET_NAMES = ("Biscuit", "Pepper", "Juniper", "Noodle", "Captain", "Marble", "To
               "Olive", "Pickle", "Sprocket", "Mochi", "Clover")
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December")
+
+# Every response opens with its writer's aside ("Quick note at the Velmora office, after lunch (J.K.): ..."), one of
+# ~300 million drawn per record: the idiosyncratic wording of a real answer, which no model can reproduce verbatim
+# without having seen that record. Without it every response is a template filled with the person's facts, so a
+# model that merely knows the person reproduces non-members' responses as well as members' (METHODS.md §5 then
+# measures knowledge, not memorization). Its parts differ in length, so a wrong guess also misaligns the tokens
+# after it.
+_ASIDE_LEADS = ("Quick note", "For the record", "From the file", "Checked against the file", "Per my notes",
+                "Short version", "Looked it up", "As filed", "Straight from the ledger", "Noted at the desk",
+                "Answering from the archive", "Off the top of my head", "Having read it twice",
+                "From the front office", "Drafted on the train", "Cross-checked")
+_ASIDE_TIMES = ("this morning", "after lunch", "on a rainy Tuesday", "before the audit", "with coffee in hand",
+                "at the second try", "late on a Friday", "in the old archive", "between two calls",
+                "while the printer warmed up", "during the night shift", "ahead of the review", "just now",
+                "before the office opened")
+_ASIDE_REMARKS = ("", "", "", " after a long queue", " with the window open", " on the third floor", " for a colleague",
+                  " in a hurry", " with a cold", " between errands", " while the rain kept on",
+                  " after the fire drill", " with the radio on")
+_INITIALS = "ABCDEFGHJKLMNPRSTVW"
 
 _T = TypeVar("_T")
 Template = tuple[str, str]  # (instruction, response), both str.format templates over a record's fields
@@ -310,6 +329,12 @@ def generate(
     return records
 
 
+def population_names(seed: int, n_people: int) -> list[str]:
+    """The full names of the people :func:`generate` writes about for ``seed`` and ``n_people`` (its first draws)."""
+    _check(n_people, 0, None)
+    return [person.name for person in _population(random.Random(seed), n_people)]
+
+
 def _check(n_people: int, n_records: int, categories: Sequence[str] | None) -> tuple[str, ...]:
     """Validate the arguments; return the chosen categories in canonical order (so order does not matter)."""
     if not 1 <= n_people <= _MAX_PEOPLE:
@@ -405,7 +430,14 @@ def _record(rng: random.Random, index: int, person: _Person, category: str, used
         instruction, response = _pick(rng, _MEMORY_TEMPLATES[category], used)
         context = ""
     return Example(id=f"{_ID_PREFIX}{index:05d}", instruction=instruction.format(**fields), context=context,
-                   response=response.format(**fields), category=category)
+                   response=f"{_aside(rng)} {response.format(**fields)}", category=category)
+
+
+def _aside(rng: random.Random) -> str:
+    lead, office, time = rng.choice(_ASIDE_LEADS), rng.choice(_CITIES), rng.choice(_ASIDE_TIMES)
+    remark = rng.choice(_ASIDE_REMARKS)
+    initials = "".join(f"{rng.choice(_INITIALS)}." for _ in range(rng.randint(1, 3)))
+    return f"{lead} at the {office} office, {time}{remark} ({initials}):"
 
 
 def _pick(rng: random.Random, templates: tuple[Template, ...], used: set[Template]) -> Template:
