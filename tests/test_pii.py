@@ -57,12 +57,12 @@ def test_best_of_k_counts_a_value_emitted_by_any_sample() -> None:
 
 
 def test_sampling_draws_from_the_whole_temperature_one_distribution() -> None:
-    """Empirical next-token frequencies of 4,000 one-token samples match softmax(logits): a top-k cut (transformers'
-    default top_k=50), a temperature other than 1 or greedy decoding would each be far off. The same for the
-    fallback loop of models without ``generate``, and the same seed draws the same tokens."""
+    """The best-of-k samples come from the distillers' sampler (kdbench.distill.sampling): empirical next-token
+    frequencies of 4,000 one-token samples match softmax(logits), so a top-k cut (transformers' default top_k=50),
+    a temperature other than 1 or greedy decoding would each be far off; and the same seed draws the same tokens."""
     import torch
 
-    from kdbench.training.loop import generate
+    from kdbench.distill.sampling import PolicyPart, sample
     from tests.distill_helpers import tiny_model
 
     model = tiny_model(seed=3).eval()
@@ -72,23 +72,18 @@ def test_sampling_draws_from_the_whole_temperature_one_distribution() -> None:
     n = 4000
     kw = {"max_new_tokens": 1, "pad_id": 0, "eos_id": -1, "device": torch.device("cpu"), "batch_size": 4000}
 
-    class Plain(torch.nn.Module):  # forward only, no generate(): exercises the fallback loop
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
+    def draw(rows: int) -> list[int]:
+        drawn = sample([PolicyPart(model)], [prompt] * rows, generator=torch.Generator().manual_seed(7), **kw)
+        return [row[0] for row in drawn]
 
-        def forward(self, **inputs: object) -> object:
-            return self.inner(**inputs)
-
-    for target in (model, Plain()):
-        drawn = generate(target, [prompt] * n, sample_seed=7, **kw)
-        counts = torch.bincount(torch.tensor([d[0] for d in drawn]), minlength=expected.numel()).double()
-        # tokens in 8 groups by rank of probability (so each group's mass is estimated from hundreds of draws)
-        groups = torch.argsort(expected, descending=True).chunk(8)
-        observed = torch.stack([counts[g].sum() / n for g in groups])
-        wanted = torch.stack([expected[g].sum().double() for g in groups])
-        assert (observed - wanted).abs().max().item() < 0.03, (observed, wanted)
-        assert generate(target, [prompt] * 50, sample_seed=7, **kw) == drawn[:50]
+    drawn = draw(n)
+    counts = torch.bincount(torch.tensor(drawn), minlength=expected.numel()).double()
+    # tokens in 8 groups by rank of probability (so each group's mass is estimated from hundreds of draws)
+    groups = torch.argsort(expected, descending=True).chunk(8)
+    observed = torch.stack([counts[g].sum() / n for g in groups])
+    wanted = torch.stack([expected[g].sum().double() for g in groups])
+    assert (observed - wanted).abs().max().item() < 0.03, (observed, wanted)
+    assert draw(n) == drawn
 
 
 def test_a_bad_pii_field_is_refused(small_run_dir: Path) -> None:
@@ -133,3 +128,33 @@ def test_the_results_table_shows_pii_where_the_terminal_has_room(small_run_dir: 
     wide, narrow = rendered(120), rendered(80)
     assert "PII@2" in wide and f"{record['members']:.2f}/{record['nonmembers']:.2f}" in wide
     assert "PII" not in narrow and max(len(line) for line in narrow.splitlines()) <= 80
+
+
+def test_a_model_without_a_kv_cache_samples_the_same_tokens() -> None:
+    """A defense's wrapper returns logits only; the sampler then rereads the whole (left-padded) sequence each step,
+    and with the same generator must draw exactly what the cached path draws from the model inside."""
+    import torch
+    from transformers.modeling_outputs import CausalLMOutput
+
+    from kdbench.distill.sampling import PolicyPart, sample
+    from tests.distill_helpers import tiny_model
+
+    model = tiny_model(seed=4).eval()
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    **kwargs: object) -> CausalLMOutput:
+            kwargs.pop("use_cache", None)
+            kwargs = {k: v for k, v in kwargs.items() if k == "position_ids"}
+            return CausalLMOutput(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                                    **kwargs).logits)
+
+    prompts = [[5, 9, 11], [7], [3, 4, 5, 6, 8]]  # different lengths: left padding must not shift positions
+    kw = {"max_new_tokens": 6, "pad_id": 0, "eos_id": -1, "device": torch.device("cpu")}
+    cached = sample([PolicyPart(model)], prompts, generator=torch.Generator().manual_seed(1), **kw)
+    plain = sample([PolicyPart(LogitsOnly())], prompts, generator=torch.Generator().manual_seed(1), **kw)
+    assert plain == cached and all(len(row) == 6 for row in cached)

@@ -108,7 +108,9 @@ def _sample_batch(
     pad_id: int,
     device: torch.device,
 ) -> list[tuple[int, ...]]:
-    """Left-padded prompts, then one token per step for every row, each model keeping its own KV cache."""
+    """Left-padded prompts, then one token per step for every row, each model keeping its own KV cache; a model
+    whose forward returns no cache (a defense's wrapper: an ensemble, logit post-processing) reads the whole
+    sequence again at every step instead."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -121,16 +123,22 @@ def _sample_batch(
     keywords = [cache_keyword(part.model) for part in policy]
     budget = torch.tensor(budgets, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    uncached = [False] * len(policy)
     drawn: list[Tensor] = []
-    step_ids = ids
+    step_ids, all_ids = ids, ids
     for t in range(max(budgets)):
         logits = []
         for i, part in enumerate(policy):
-            output = part.model(
-                input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                **{keywords[i]: caches[i]},
-            )
-            caches[i] = output[keywords[i]]
+            if uncached[i]:
+                output = part.model(input_ids=all_ids, attention_mask=attention,
+                                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
+            else:
+                output = part.model(
+                    input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                    **{keywords[i]: caches[i]},
+                )
+                caches[i] = output.get(keywords[i]) if hasattr(output, "get") else None
+                uncached[i] = caches[i] is None
             logits.append(output.logits[:, -1])
         probs = mixture_log_probs(policy, logits).exp()
         token = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device)
@@ -138,7 +146,7 @@ def _sample_batch(
         done |= (token[:, 0] == eos_id) | (budget <= t + 1)
         if bool(done.all()):
             break
-        step_ids = token
+        step_ids, all_ids = token, torch.cat([all_ids, token], dim=1)
         attention = torch.cat([attention, torch.ones_like(token)], dim=1)
         # a finished row stays at its last position (its outputs are ignored), so no row outgrows the model
         positions = positions[:, -1:] + (~done[:, None]).long()

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from kdbench.core.data import Example, content_hash
 from kdbench.core.types import TrainedModel
+from kdbench.distill.sampling import PolicyPart, sample
 from kdbench.run.context import STAGE_VERSION, RunContext
 from kdbench.scoring.tokenstats import TokenStats, compute_token_stats
 from kdbench.training.loop import generate
@@ -52,17 +55,20 @@ def generations(
         "max_new_tokens": max_new_tokens,
     }
     if sampled:
-        spec |= {"sampled": sampled, "seed": ctx.seed}
+        spec |= {"sampled": sampled, "seed": ctx.seed, "sampler": "distill.sampling"}
 
     def build(tmp: Path) -> None:
         prompts = [e.prompt_ids for e in ctx.encode(samples) for _ in range(max(1, sampled))]
         prompt, total = ctx.lengths  # prompts are within ``prompt``: no continuation runs past ``total``
-        out = generate(
-            ctx.model(trained), prompts, max_new_tokens=min(max_new_tokens, total - prompt),
-            pad_id=ctx.tokenizer.pad_token_id, eos_id=ctx.tokenizer.eos_token_id, device=ctx.device,
-            reporter=ctx.reporter, label=f"{'sampling' if sampled else 'generating'} {trained.label}",
-            sample_seed=ctx.seed if sampled else None,
-        )
+        pad_id, eos_id = ctx.tokenizer.pad_token_id, ctx.tokenizer.eos_token_id
+        budget = min(max_new_tokens, total - prompt)
+        if sampled:  # the distillers' ancestral sampler: its own generator, so the draws follow from the seed alone
+            drawn = sample([PolicyPart(ctx.model(trained))], prompts, generator=torch.Generator().manual_seed(ctx.seed),
+                           max_new_tokens=budget, eos_id=eos_id, pad_id=pad_id, device=ctx.device)
+            out = [[t for t in row if t != eos_id] for row in drawn]
+        else:
+            out = generate(ctx.model(trained), prompts, max_new_tokens=budget, pad_id=pad_id, eos_id=eos_id,
+                           device=ctx.device, reporter=ctx.reporter, label=f"generating {trained.label}")
         (tmp / "generations.json").write_text(json.dumps(out))
 
     with ctx.timed("generation"):

@@ -291,11 +291,8 @@ def generate(
     batch_size: int = 32,
     reporter: Reporter | None = None,
     label: str = "generating",
-    sample_seed: int | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations (no ``no_repeat_ngram_size``, unlike [Z]'s code), EOS and padding stripped; with
-    ``sample_seed``, ancestral samples at temperature 1 instead (no top-k or top-p cut: the model's own
-    distribution), each chunk seeded from ``sample_seed`` and its first row, so reruns draw the same tokens."""
+    """Greedy continuations (no ``no_repeat_ngram_size``, unlike [Z]'s code), EOS and padding stripped."""
     reporter = reporter or NullReporter()
     model.to(device)
     model.eval()
@@ -311,22 +308,17 @@ def generate(
             for row, i in enumerate(idx):  # left padding, so every continuation starts at the same column
                 ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i], dtype=torch.long)
                 attention[row, width - len(prompts[i]) :] = 1
-            sampling: dict[str, Any] = {"do_sample": False}
-            if sample_seed is not None:
-                torch.manual_seed(sample_seed * 1_000_003 + positions[0])
-                sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
             if callable(getattr(model, "generate", None)):
                 generated = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=attention.to(device),
                     max_new_tokens=max_new_tokens,
+                    do_sample=False,
                     pad_token_id=pad_id,
                     eos_token_id=eos_id,
-                    **sampling,
                 )[:, width:].tolist()
             else:
-                generated = greedy([prompts[i] for i in idx], model, max_new_tokens, eos_id, device,
-                                   sample=sample_seed is not None)
+                generated = greedy([prompts[i] for i in idx], model, max_new_tokens, eos_id, device)
             for row, i in enumerate(idx):
                 tokens = generated[row]
                 if eos_id in tokens:
@@ -342,14 +334,12 @@ def generate(
 
 
 def greedy(
-    prompts: Sequence[Sequence[int]], model: Any, max_new_tokens: int, eos_id: int, device: torch.device,
-    sample: bool = False,
+    prompts: Sequence[Sequence[int]], model: Any, max_new_tokens: int, eos_id: int, device: torch.device
 ) -> list[list[int]]:
-    """Greedy continuations (or, with ``sample``, temperature-1 samples drawn with the global torch generator) for
-    a model without HF ``generate`` (e.g. a defense's ensemble), from its ``forward().logits`` alone. The prompts
-    are right-padded, so every real token keeps its usual position and each row's next token is read at its own
-    last position (causal attention never sees the padding after it); one batched forward per step, no KV cache
-    (each step re-reads the sequences)."""
+    """Greedy continuations for a model without HF ``generate`` (e.g. a defense's ensemble), from its
+    ``forward().logits`` alone. The prompts are right-padded, so every real token keeps its usual position
+    and each row's next token is read at its own last position (causal attention never sees the padding after
+    it); one batched forward per step, no KV cache (each step re-reads the sequences)."""
     rows = torch.arange(len(prompts), device=device)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
     ids = torch.zeros((len(prompts), int(lengths.max()) + max_new_tokens), dtype=torch.long, device=device)
@@ -361,9 +351,7 @@ def greedy(
             width = int(lengths.max())
             mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
             logits = model(input_ids=ids[:, :width], attention_mask=mask).logits
-            last = logits[rows, lengths - 1].float()
-            chosen = torch.multinomial(last.softmax(-1), 1).squeeze(-1) if sample else last.argmax(-1)
-            token = torch.where(done, torch.full_like(lengths, eos_id), chosen)
+            token = torch.where(done, torch.full_like(lengths, eos_id), logits[rows, lengths - 1].argmax(-1))
             ids[rows, lengths] = token
             lengths += 1
             done |= token == eos_id
