@@ -18,7 +18,8 @@ The names, by what a plugin does with them (docs/plugins.md documents each hook 
   building blocks (:func:`train_loop` and its :class:`LoopSettings`, :func:`sft_loss`, :func:`chain`,
   :func:`collate`, ...);
 - defenses: :class:`DefenseBase`, :class:`DefenseContext`, :data:`STAGES`, :func:`resolve_attack`,
-  :func:`flag_vulnerable`, :func:`write_marker`, :func:`inside`, :func:`load_model`, :func:`best_balanced_accuracy`.
+  :func:`flag_vulnerable`, :func:`write_marker`, :func:`inside`, :func:`load_model`, :func:`best_balanced_accuracy`,
+  :func:`cache_keyword` (a wrapper passing its members' KV caches on).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from kdbench.scoring.context import ScoringContext, ShadowRecipe
 from kdbench.scoring.inputs import Attack, AttackInputs, scoring_context, token_stats_of
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats, lowest_k, mean_logprob
+from kdbench.training.caching import cache_keyword
 from kdbench.training.loop import LoopSettings, LossFn, chain, collate, sft_loss, shifted, to_device, train_loop
 from kdbench.training.objectives import OBJECTIVES, jsd_from_trl_beta, rkl
 
@@ -102,6 +104,7 @@ __all__ = [
     "TokenStats",
     "TrainConfig",
     "best_balanced_accuracy",
+    "cache_keyword",
     "chain",
     "check_lm_coef",
     "check_objective",

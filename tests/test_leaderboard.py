@@ -147,10 +147,48 @@ def test_blind_reference_is_shown_but_never_ranked(tmp_path: Path) -> None:
     result = invoke("build", str(results), "--out", str(tmp_path / "site"))
     assert result.exit_code == 0, result.output
     task = pages(tmp_path / "site")["synthetic-pii/index.html"]
-    assert "<code>blind</code>" in task and "AUC 0.940 [0.850, 1.000] (2 seeds)" in task
+    row = task[task.index('<tr class="shift">') : task.index("</tr>", task.index('<tr class="shift">'))]
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+    assert cells == ["blind (distribution shift)", "no model", "—", "0.940 [0.850, 1.000]", "blind", "0.020", "2"]
     assert "risk AUC 0.620 [0.570, 0.670] (mink)" in task
     entries = [text for name, text in pages(tmp_path / "site").items() if "entries" in name]
     assert len(entries) == 3 and not any("blind" in text for text in entries)
+
+
+def test_a_defended_entry_shows_its_cost_against_the_same_distiller_undefended(tmp_path: Path) -> None:
+    """kd + dp-sgd against kd with no defense (grid(): ROUGE-L 24, risk mink 0.62, TPR 0.02): by hand,
+    ROUGE-L 21.5 - 24 = -2.50; AUC risk max(0.55, 0.53) - 0.62 = -0.070; TPR risk 0.01 - 0.02 = -0.010. Undefended
+    entries show no cost, and a defended entry whose distiller has no undefended cell on the board shows none
+    (gkd + dp-sgd: there is no gkd / none). Runs record the undefended cells' parameters as {"none": {}}."""
+    defended = [
+        make_record(name, "dp-sgd", attack=attack, auc=auc, rouge=21.5, seed=seed, tpr_at_1pct_fpr=0.01,
+                    defense_params={"dp-sgd": {"epsilon": 8.0}}, defense_report={"dp-sgd": {"epsilon_spent": 7.93}})
+        for seed in (0, 1) for attack, auc in (("loss", 0.55), ("mink", 0.53)) for name in ("kd", "gkd")
+    ]
+    undefended = [dict(r, defense_params={"none": {}}) if r["defense"] == "none" else r for r in grid()]  # as runs
+    results = write_jsonl(tmp_path / "results.jsonl", [*undefended, *defended])
+    assert invoke("build", str(results), "--out", str(tmp_path / "site")).exit_code == 0
+    task = pages(tmp_path / "site")["synthetic-pii/index.html"]
+    costs = {}
+    for metric in ("auc", "tpr"):
+        table = by_metric(task, metric)
+        headers = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)]
+        column = headers.index("Defense cost")
+        for row in re.findall(r"<tr data-entry.*?</tr>", table, re.S):
+            cells = [re.sub(r"<[^>]+>", " ", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            name = " / ".join(cells[2].split()[:1] + cells[3].split()[:1])
+            costs[metric, name] = " ".join(cells[column].split())
+    assert costs["auc", "kd / dp-sgd"] == "ROUGE-L \u22122.50 AUC \u22120.070"
+    assert costs["tpr", "kd / dp-sgd"] == "ROUGE-L \u22122.50 TPR@1%FPR \u22120.010"
+    assert costs["auc", "kd / none"] == costs["auc", "gkd / dp-sgd"] == "—"
+    site_pages = pages(tmp_path / "site")
+    entry = next(text for name, text in site_pages.items() if "--kd--dp-sgd-" in name)
+    plain = next(name for name in site_pages if "--kd--none-" in name).split("/", 1)[1]  # entries/<file>
+    prose = " ".join(re.sub(r"<[^>]+>", "", entry[entry.index("The defense's cost") :]).split())
+    assert "ROUGE-L \u22122.50; risk by AUC \u22120.070; risk by TPR@1%FPR \u22120.010." in prose
+    assert f'href="../{plain}"' in entry and "epsilon_spent" in entry
+    lone = next(text for name, text in site_pages.items() if "--gkd--dp-sgd-" in name)
+    assert "No undefended entry" in lone
 
 
 def test_rebuild_replaces_a_previous_site_but_not_a_foreign_directory(site: Path, tmp_path: Path) -> None:
@@ -354,7 +392,7 @@ def test_a_seed_in_two_runs_counts_once_and_conflicts_stop_the_build(tmp_path: P
     assert result.exit_code == 0, result.output
     assert "5 seed(s) of a configuration appear in several runs" in result.output  # teacher, baseline, 3 students
     table = by_metric(pages(tmp_path / "site")["synthetic-pii/index.html"], "auc")
-    assert re.findall(r'data-sort="(\d+)">\d+</td>\s*<td data-sort="0">', table) == ["1", "1", "1"]
+    assert re.findall(r'data-sort="(\d+)">\d+</td>\s*</tr>', table) == ["1", "1", "1"]  # the Seeds column
     clash = write_jsonl(tmp_path / "c.jsonl", [{**one_seed[0], "run_id": "run-clash", "auc": 0.99}])
     result = invoke("build", str(first), str(clash), "--out", str(tmp_path / "bad"))
     assert result.exit_code != 0 and "'run-0'" in result.output and "'run-clash'" in result.output

@@ -9,7 +9,6 @@ no top-k, no top-p), as every sampling distiller of [Z]/DistiLLM uses.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from kdbench.training.caching import cache_keyword
 
 LogitsTransform = Callable[[Tensor], Tensor]
 
@@ -86,17 +87,6 @@ def _check_policy(policy: Sequence[PolicyPart]) -> None:
         raise ValueError("sample: a policy needs at least one part, each with a weight in (0, 1]")
     if not math.isclose(sum(p.weight for p in policy), 1.0, abs_tol=1e-6):
         raise ValueError(f"sample: policy weights must sum to 1, got {[p.weight for p in policy]}")
-
-
-def cache_keyword(model: Any) -> str:
-    """The KV cache's name in ``model``'s forward and outputs: ``cache`` from transformers 5.x (which deprecates
-    ``past_key_values`` and warns on every call), ``past_key_values`` before."""
-    forward = getattr(model, "forward", None)
-    try:
-        parameters = inspect.signature(forward).parameters if forward is not None else {}
-    except (TypeError, ValueError):
-        parameters = {}
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _sample_batch(

@@ -432,6 +432,43 @@ def rank_cells(
 
 
 @dataclass(frozen=True)
+class DefenseCost:
+    """What a defense costs and what it buys, against the same distiller and configuration undefended on the
+    same board: differences of the two entries' shown values (defended minus undefended), so a negative
+    ``utility`` is ROUGE-L lost and a negative ``risk`` is privacy bought back."""
+
+    undefended: CellKey
+    utility: float
+    risk: float
+    same_seeds: bool  # False: the two entries were measured on different seeds, compare with care
+
+
+def _without_defense(key: CellKey) -> tuple[str, str, str, str | None, str]:
+    """A cell's identity with its defense and the defense's parameters left out."""
+    config = key.config_dict()
+    config.pop("defense_params", None)
+    return key.task, key.protocol, key.target, key.distiller, canonical(config)
+
+
+def defense_costs(entries: Sequence[RankedEntry]) -> dict[CellKey, DefenseCost]:
+    """Each defended entry's cost against the entry of the same ranking that differs only by having no defense."""
+    undefended = {_without_defense(e.cell.key): e for e in entries if e.cell.key.defense in (None, "none")}
+    costs = {}
+    for entry in entries:
+        if entry.cell.key.defense in (None, "none"):
+            continue
+        plain = undefended.get(_without_defense(entry.cell.key))
+        if plain is not None:
+            costs[entry.cell.key] = DefenseCost(
+                plain.cell.key,
+                entry.cell.utility.value - plain.cell.utility.value,
+                entry.risk - plain.risk,
+                entry.cell.replicates == plain.cell.replicates,
+            )
+    return costs
+
+
+@dataclass(frozen=True)
 class UtilityFloor:
     """Students below ``fraction`` × the no-KD baseline's ROUGE-L are unusable at this setting."""
 

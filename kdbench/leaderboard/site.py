@@ -37,6 +37,8 @@ from kdbench.leaderboard.ranking import (
     Board,
     Cell,
     CellKey,
+    DefenseCost,
+    Estimate,
     MergeResult,
     RankedEntry,
     Record,
@@ -44,11 +46,12 @@ from kdbench.leaderboard.ranking import (
     build_boards,
     by_seed,
     canonical,
+    defense_costs,
+    estimate,
     merge_records,
     protocol_of,
 )
 from kdbench.leaderboard.replicates import SharedSeed, check_replicates
-from kdbench.leaderboard.stats import seed_interval
 from kdbench.results.records import PER_BLOCK_FIELD, ResultRecord, load_records, results_files
 from kdbench.tasks.manifest import load_task
 from kdbench.tasks.sources import attribution
@@ -191,7 +194,7 @@ def environment(root: Traversable | None = None) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=fmt_number, ci=fmt_ci, params=compact_params)
+    env.filters.update(num=fmt_number, signed=fmt_signed, ci=fmt_ci, params=compact_params)
     env.globals.update(heat_color=heat_color)
     return env
 
@@ -212,6 +215,12 @@ def fmt_number(value: Any, digits: int = 3) -> str:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return "—"
     return f"{value:.{digits}f}"
+
+
+def fmt_signed(value: float, digits: int = 3) -> str:
+    """A difference with its sign always shown ('+0.012', '−1.50'; a true minus sign, as in print)."""
+    text = f"{value:+.{digits}f}"
+    return "\u2212" + text[1:] if text.startswith("-") else text
 
 
 def fmt_ci(ci: Sequence[float] | None, digits: int = 3) -> str:
@@ -613,6 +622,7 @@ class RankingView:
     entries: list[RankedEntry]
     chart: Chart
     shown: bool  # the build's --rank-by: visible without the page's switch
+    costs: dict[CellKey, DefenseCost] = field(default_factory=dict)  # defended entries vs undefended
 
 
 @dataclass
@@ -628,8 +638,13 @@ class BoardView:
     attack_labels: dict[str, str]
     common: list[str]  # labels of the common attack set
     missing: dict[CellKey, list[str]]  # labels of the attacks each student lacks
-    shift: list[tuple[str, str]] = field(default_factory=list)  # (baseline, "AUC [CI] (n seeds)")
+    shift: list[ShiftBaseline] = field(default_factory=list)
     harms: dict[CellKey, Harms] = field(default_factory=dict)
+
+    @property
+    def any_missing(self) -> bool:
+        """Whether any student lacks an attack others have (else the table needs no column for it)."""
+        return any(self.missing.values())
 
     @property
     def chart(self) -> Chart:
@@ -637,9 +652,18 @@ class BoardView:
         return next(r.chart for r in self.rankings if r.shown)
 
 
-def shift_baselines(board: Board, records: Sequence[Record]) -> list[tuple[str, str]]:
-    """The reference baselines (``blind``) of the board's task and protocol: mean AUC and CI over seeds, once per
-    seed (they see no model, so every target of a seed has the same value)."""
+@dataclass(frozen=True)
+class ShiftBaseline:
+    """A reference row that sees no model (``blind``): how far member and non-member text alone tell them apart."""
+
+    attack: str
+    auc: Estimate  # mean over seeds, CI over seeds and samples (stats.seed_interval), as every other figure
+    tpr: float | None  # mean TPR@1%FPR over seeds
+
+
+def shift_baselines(board: Board, records: Sequence[Record]) -> list[ShiftBaseline]:
+    """The reference baselines (``blind``) of the board's task and protocol, counted once per seed (they see no
+    model, so every target of a seed has the same value)."""
     found: dict[str, dict[int, Record]] = defaultdict(dict)
     for r in records:
         if r.get("reference") and r["task"] == board.task and protocol_of(r) == board.protocol:
@@ -647,10 +671,9 @@ def shift_baselines(board: Board, records: Sequence[Record]) -> list[tuple[str, 
     out = []
     for attack, by_seed_record in sorted(found.items()):
         rows = list(by_seed_record.values())
-        # over seeds as every other figure of the board (stats.seed_interval), not the mean of the seeds' CIs
-        ci = seed_interval([r["auc"] for r in rows], [tuple(r["auc_ci"]) for r in rows])
-        shown = fmt_ci(ci) if ci is not None else "[CI not recorded]"
-        out.append((attack, f"{fmean(r['auc'] for r in rows):.3f} {shown} ({len(rows)} seeds)"))
+        tprs = [float(r["tpr_at_1pct_fpr"]) for r in rows if isinstance(r.get("tpr_at_1pct_fpr"), (int, float))]
+        out.append(ShiftBaseline(attack, estimate([float(r["auc"]) for r in rows], [r.get("auc_ci") for r in rows]),
+                                 fmean(tprs) if tprs else None))
     return out
 
 
@@ -659,7 +682,8 @@ def board_view(board: Board, records: Sequence[Record] = ()) -> BoardView:
     hrefs = {c.key: entry_file(c.key) for c in students}
     labels, variants = attack_labels(students + board.references), variant_labels(students)
     rankings = [
-        RankingView(m, label, board.rankings[m], frontier_chart(board, board.rankings[m], m, hrefs), m == board.metric)
+        RankingView(m, label, board.rankings[m], frontier_chart(board, board.rankings[m], m, hrefs), m == board.metric,
+                    defense_costs(board.rankings[m]))
         for m, label in RISK_METRICS.items()
     ]
     rankings.sort(key=lambda r: not r.shown)  # the default ranking first in the page
@@ -728,14 +752,18 @@ def replicate_views(cell: Cell, labels: dict[str, str]) -> list[ReplicateView]:
     return views
 
 
-def _first_per_replicate(cell: Cell, get: Callable[[Record], Any]) -> list[Any]:
+def per_replicate(cell: Cell, get: Callable[[Record], Any]) -> dict[int, Any]:
     """One value per seed (the first record that has it): model-level data repeated on each attack."""
     seen: dict[int, Any] = {}
     for seed, records in by_seed(cell.records).items():
         value = next((v for v in map(get, records) if v is not None), None)
         if value is not None:
             seen[seed] = value
-    return list(seen.values())
+    return seen
+
+
+def _first_per_replicate(cell: Cell, get: Callable[[Record], Any]) -> list[Any]:
+    return list(per_replicate(cell, get).values())
 
 
 @dataclass
@@ -912,6 +940,8 @@ def _render_entry(renderer: Renderer, task_dir: str, view: BoardView, cell: Cell
         variant=view.variants.get(cell.key, ""),
         attacks=attack_views(cell, view.attack_labels),
         metric_names=_metric_names(cell),
+        costs=[(r, r.costs[cell.key]) for r in view.rankings if cell.key in r.costs],
+        defense_reports=per_replicate(cell, lambda r: r.get("defense_report") or None),
         memorization=memorization_rows(cell),
         pii=memorization_rows(cell, "pii_leakage"),
         blocks=blocks,

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import ModelOutput
 
 from kdbench.api import (
     DefenseBase,
@@ -33,6 +33,7 @@ from kdbench.api import (
     ParameterError,
     Register,
     best_balanced_accuracy,
+    cache_keyword,
     check_range,
     hookimpl,
     inside,
@@ -54,6 +55,14 @@ class EnsembleParams:
         check_range("ensemble", "min_class_fraction", self.min_class_fraction, 0.0, 0.5)
 
 
+@dataclass
+class EnsembleOutput(ModelOutput):
+    """The ensemble's logits and, when asked for, its members' KV caches (under ``cache``, as transformers 5)."""
+
+    logits: torch.Tensor | None = None
+    cache: tuple[Any, ...] | None = None
+
+
 class EnsembleLM(nn.Module):
     """Members' next-token distributions averaged: ``logits`` are log(mean softmax), already normalised."""
 
@@ -65,10 +74,21 @@ class EnsembleLM(nn.Module):
     def config(self) -> Any:
         return self.members[0].config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        logps = [torch.log_softmax(m(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float(), -1)
-                 for m in self.members]
-        return CausalLMOutput(logits=torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps)))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: Sequence[Any] | None = None, use_cache: bool = False, **kwargs: Any) -> Any:
+        """``cache``: the members' KV caches, one each, as the previous call returned them (decoding token by
+        token then costs one step per member instead of rereading the sequence)."""
+        caches = list(cache) if cache is not None else [None] * len(self.members)
+        logps, returned = [], []
+        for member, member_cache in zip(self.members, caches, strict=True):
+            keyword = cache_keyword(member)
+            extra = {"use_cache": True, keyword: member_cache} if use_cache else {}
+            output = member(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **extra)
+            logps.append(torch.log_softmax(output.logits.float(), -1))
+            returned.append(output.get(keyword) if use_cache else None)
+        logits = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+        members_cached = use_cache and all(c is not None for c in returned)
+        return EnsembleOutput(logits=logits, cache=tuple(returned) if members_cached else None)
 
     def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
         directory = Path(directory)
