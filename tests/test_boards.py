@@ -42,8 +42,8 @@ def test_shipped_boards_load_and_expand_to_valid_grid_files(tmp_path: Path) -> N
     defense_names = {spec.split(":")[0] for spec in defenses["defenses"]}
     assert defense_names == set(get_registry().names("defenses")) - {"none"}
     for board in boards:
-        for _block, grid_file, _out in write_grid_files(board, tmp_path):
-            grid = load_grid_file(grid_file)  # the run command's own reader accepts every block
+        for block_run in write_grid_files(board, tmp_path):
+            grid = load_grid_file(block_run.grid_file)  # the run command's own reader accepts every block
             assert grid["task"] and grid["distiller"] and grid["attack"]
 
 
@@ -168,3 +168,30 @@ def test_add_skips_a_record_that_repeats_a_measurement_from_another_commit_or_ru
         add_records([path], into)
     kept = [json.loads(line) for line in into.read_text(encoding="utf-8").splitlines()]
     assert [r["auc"] for r in kept] == [0.7, 0.71]  # the repeat is skipped, a new number is not
+
+
+def test_an_edited_board_moves_the_stale_run_of_its_block_aside(tmp_path: Path) -> None:
+    """`kdbench run` refuses a run directory of another configuration; after the board is edited, the changed
+    block's old run is kept under <block>.superseded-1 and the block starts afresh; an unchanged block keeps its run
+    directory (it resumes)."""
+    import dataclasses
+
+    from kdbench.leaderboard.boards import load_board, write_grid_files
+
+    board = load_board(REPO / "leaderboard" / "boards" / "default.yaml")
+    runs = tmp_path / "runs"
+    first = list(write_grid_files(board, runs))
+    for block_run in first:
+        block_run.out.mkdir()
+        (block_run.out / "run.json").write_text("{}")
+    assert all(r.superseded is None for r in first)
+    assert all(r.superseded is None for r in write_grid_files(board, runs))  # the same board: nothing moves
+    techniques, defenses = board.blocks
+    edited = dataclasses.replace(board, blocks=(techniques, dataclasses.replace(
+        defenses, grid={**defenses.grid, "seeds": [0]})))
+    second = {r.block.name: r for r in write_grid_files(edited, runs)}
+    assert second["techniques"].superseded is None and (second["techniques"].out / "run.json").exists()
+    moved = second["defenses"].superseded
+    assert moved == runs / "default" / "defenses.superseded-1" and (moved / "run.json").exists()
+    assert not second["defenses"].out.exists()
+    assert "seeds:\n- 0\n" in second["defenses"].grid_file.read_text()

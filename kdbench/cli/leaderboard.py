@@ -219,8 +219,13 @@ def reproduce(boards: tuple[str, ...], boards_dir: Path, runs_dir: Path, into: P
         if board.needs_data_dir and data_dir is None:
             console.print(f"[yellow]Skipped[/] board {board.name}: it runs on real data; pass --data-dir.")
             continue
-        for block, grid_file, out in write_grid_files(board, runs_dir):
+        for block_run in write_grid_files(board, runs_dir):
+            block, grid_file, out = block_run.block, block_run.grid_file, block_run.out
             label = f"{board.name}/{block.name}"
+            if block_run.superseded is not None:
+                console.print(f"{escape(label)}: the board changed since its last run; that run was moved to "
+                              f"{escape(str(block_run.superseded))} and the block starts afresh (finished cells "
+                              "come from the cache).")
             command = [sys.executable, "-m", "kdbench", "run", "--grid", str(grid_file), "--out", str(out),
                        "--executor", executor]
             if ray_address:

@@ -101,15 +101,38 @@ def _grid_mapping(path: Path, where: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def write_grid_files(board: Board, runs_dir: Path) -> Iterator[tuple[Block, Path, Path]]:
-    """Each block's grid file and run directory under ``runs_dir/<board>/`` (the grid file is what ran)."""
+@dataclass(frozen=True)
+class BlockRun:
+    """Where one block runs: its grid file, its run directory, and where a stale run of it was moved (or None)."""
+
+    block: Block
+    grid_file: Path
+    out: Path
+    superseded: Path | None = None
+
+
+def write_grid_files(board: Board, runs_dir: Path) -> Iterator[BlockRun]:
+    """Each block's grid file and run directory under ``runs_dir/<board>/`` (the grid file is what ran).
+
+    When a block's grid changed since its run directory was made (the board was edited), that directory holds
+    another configuration, which ``kdbench run`` would refuse to resume into: it is moved aside to
+    ``<block>.superseded-<n>`` (kept, not deleted) and the block starts afresh, its finished cells served by the
+    cache.
+    """
     root = runs_dir / board.name
     root.mkdir(parents=True, exist_ok=True)
     for block in board.blocks:
         grid_file = root / f"{block.name}.grid.yaml"
+        out = root / block.name
         text = f"# generated from {board.path.name}, block {block.name!r}\n" + yaml.safe_dump(
             block.grid, sort_keys=False
         )
+        superseded = None
         if not grid_file.exists() or grid_file.read_text(encoding="utf-8") != text:
+            if grid_file.exists() and out.exists():
+                n = 1
+                while (root / f"{block.name}.superseded-{n}").exists():
+                    n += 1
+                superseded = out.rename(root / f"{block.name}.superseded-{n}")
             grid_file.write_text(text, encoding="utf-8")
-        yield block, grid_file, root / block.name
+        yield BlockRun(block, grid_file, out, superseded)
