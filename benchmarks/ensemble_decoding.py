@@ -16,24 +16,11 @@ import time
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import CausalLMOutput
 
 from kdbench.models.hub import load_model, shipped_dir
 from kdbench.training.loop import generate
 from plugins.defenses.ensemble import EnsembleLM
-
-
-class Reread(torch.nn.Module):
-    """The ensemble without its cache: logits only, so every step reads the sequence again."""
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> CausalLMOutput:
-        kept = {k: v for k, v in kwargs.items() if k == "position_ids"}
-        return CausalLMOutput(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask, **kept).logits)
+from tests.distill_helpers import LogitsOnly  # the ensemble without its cache: every step rereads
 
 
 def main() -> None:
@@ -61,7 +48,7 @@ def main() -> None:
         return best, out
 
     cached_s, cached = timed(ensemble)
-    reread_s, reread = timed(Reread(ensemble))
+    reread_s, reread = timed(LogitsOnly(ensemble))
     print(f"ensemble of {args.k} x gpt2-synth-student, {args.prompts} prompts, {args.new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads")
     print(f"with the members' KV caches   {cached_s:8.2f} s")

@@ -62,7 +62,7 @@ from kdbench.scoring.context import ScoringContext, ShadowRecipe
 from kdbench.scoring.inputs import Attack, AttackInputs, scoring_context, token_stats_of
 from kdbench.scoring.needs import Need
 from kdbench.scoring.tokenstats import TokenStats, lowest_k, mean_logprob
-from kdbench.training.caching import cache_keyword
+from kdbench.training.decoding import cache_keyword
 from kdbench.training.loop import LoopSettings, LossFn, chain, collate, sft_loss, shifted, to_device, train_loop
 from kdbench.training.objectives import OBJECTIVES, jsd_from_trl_beta, rkl
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.modeling_outputs import CausalLMOutput
 
 from kdbench.core.cache import ArtifactCache
 from kdbench.core.data import PromptTemplate
@@ -136,3 +137,17 @@ def prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:
 
 def weights(model: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class LogitsOnly(torch.nn.Module):
+    """A model wrapper that returns logits and no KV cache, as the temperature and redlist defenses do: decoding it
+    must take the path that rereads the sequence (and give what the cached path gives for the model inside)."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **kwargs: Any) -> CausalLMOutput:
+        kept = {k: v for k, v in kwargs.items() if k == "position_ids"}
+        return CausalLMOutput(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask, **kept).logits)

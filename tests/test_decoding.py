@@ -8,28 +8,14 @@ import copy
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import CausalLMOutput
 
 from kdbench.distill.sampling import PolicyPart, sample
 from kdbench.training.loop import generate
 from plugins.defenses.ensemble import EnsembleLM
-from tests.distill_helpers import tiny_model
+from tests.distill_helpers import LogitsOnly, tiny_model
 
 PROMPTS = [[5, 9, 11], [7], [3, 4, 5, 6, 8], [12, 2]]  # different lengths: padding must not shift positions
 CPU = torch.device("cpu")
-
-
-class LogitsOnly(torch.nn.Module):
-    """A wrapper that returns logits and no cache, as the temperature and redlist defenses do."""
-
-    def __init__(self, inner: Any) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> CausalLMOutput:
-        kept = {k: v for k, v in kwargs.items() if k == "position_ids"}
-        return CausalLMOutput(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask, **kept).logits)
 
 
 def greedy_of(model: Any, eos_id: int) -> list[list[int]]:

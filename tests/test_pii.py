@@ -134,27 +134,14 @@ def test_a_model_without_a_kv_cache_samples_the_same_tokens() -> None:
     """A defense's wrapper returns logits only; the sampler then rereads the whole (left-padded) sequence each step,
     and with the same generator must draw exactly what the cached path draws from the model inside."""
     import torch
-    from transformers.modeling_outputs import CausalLMOutput
 
     from kdbench.distill.sampling import PolicyPart, sample
-    from tests.distill_helpers import tiny_model
+    from tests.distill_helpers import LogitsOnly, tiny_model
 
     model = tiny_model(seed=4).eval()
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    **kwargs: object) -> CausalLMOutput:
-            kwargs.pop("use_cache", None)
-            kwargs = {k: v for k, v in kwargs.items() if k == "position_ids"}
-            return CausalLMOutput(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                                                    **kwargs).logits)
 
     prompts = [[5, 9, 11], [7], [3, 4, 5, 6, 8]]  # different lengths: left padding must not shift positions
     kw = {"max_new_tokens": 6, "pad_id": 0, "eos_id": -1, "device": torch.device("cpu")}
     cached = sample([PolicyPart(model)], prompts, generator=torch.Generator().manual_seed(1), **kw)
-    plain = sample([PolicyPart(LogitsOnly())], prompts, generator=torch.Generator().manual_seed(1), **kw)
+    plain = sample([PolicyPart(LogitsOnly(model))], prompts, generator=torch.Generator().manual_seed(1), **kw)
     assert plain == cached and all(len(row) == 6 for row in cached)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kdbench.training.caching import cache_keyword
+from kdbench.training.decoding import decode
 
 LogitsTransform = Callable[[Tensor], Tensor]
 
@@ -98,49 +98,14 @@ def _sample_batch(
     pad_id: int,
     device: torch.device,
 ) -> list[tuple[int, ...]]:
-    """Left-padded prompts, then one token per step for every row, each model keeping its own KV cache; a model
-    whose forward returns no cache (a defense's wrapper: an ensemble, logit post-processing) reads the whole
-    sequence again at every step instead."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):  # left padding: every row's next token is in the last column
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention[row, width - len(prompt) :] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    caches: list[Any] = [None] * len(policy)
-    keywords = [cache_keyword(part.model) for part in policy]
-    budget = torch.tensor(budgets, device=device)
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    uncached = [False] * len(policy)
-    drawn: list[Tensor] = []
-    step_ids, all_ids = ids, ids
-    for t in range(max(budgets)):
-        logits = []
-        for i, part in enumerate(policy):
-            if uncached[i]:
-                output = part.model(input_ids=all_ids, attention_mask=attention,
-                                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
-            else:
-                output = part.model(
-                    input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                    **{keywords[i]: caches[i]},
-                )
-                caches[i] = output.get(keywords[i]) if hasattr(output, "get") else None
-                uncached[i] = caches[i] is None
-            logits.append(output.logits[:, -1])
+    """One draw per step from the policy's mixture, by :func:`kdbench.training.decoding.decode`."""
+
+    def draw(logits: list[Tensor]) -> Tensor:
         probs = mixture_log_probs(policy, logits).exp()
-        token = torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device)
-        drawn.append(torch.where(done[:, None], pad_id, token))
-        done |= (token[:, 0] == eos_id) | (budget <= t + 1)
-        if bool(done.all()):
-            break
-        step_ids, all_ids = token, torch.cat([all_ids, token], dim=1)
-        attention = torch.cat([attention, torch.ones_like(token)], dim=1)
-        # a finished row stays at its last position (its outputs are ignored), so no row outgrows the model
-        positions = positions[:, -1:] + (~done[:, None]).long()
-    tokens = torch.cat(drawn, dim=1).tolist()
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(device)
+
+    tokens = decode([part.model for part in policy], prompts, budgets, draw, eos_id=eos_id, pad_id=pad_id,
+                    device=device)
     return [_cut(row, eos_id, b) for row, b in zip(tokens, budgets, strict=True)]
 
 

@@ -18,7 +18,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from kdbench.core.data import Example, PromptTemplate
 from kdbench.core.progress import NullReporter, Reporter
 from kdbench.core.types import Encoded, TrainConfig
-from kdbench.training.caching import cache_keyword
+from kdbench.training.decoding import decode
 from kdbench.training.memory import (
     OutOfMemory,
     RowBudget,
@@ -337,38 +337,8 @@ def generate(
 def greedy(
     prompts: Sequence[Sequence[int]], model: Any, max_new_tokens: int, eos_id: int, device: torch.device, pad_id: int
 ) -> list[list[int]]:
-    """Greedy continuations for a model without HF ``generate`` (a defense's ensemble or logits wrapper), from its
-    ``forward()`` alone, as ``generate`` decodes: prompts left-padded with explicit positions, one batched step per
-    token, the model's KV cache when its forward returns one (the ensemble returns its members'), else the whole
-    sequence read again at each step. Finished rows get EOS and stay at their last position."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
-        attention[row, width - len(prompt) :] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    keyword, cache, cached = cache_keyword(model), None, True
-    step_ids = ids
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    drawn: list[torch.Tensor] = []
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            if cached:
-                output = model(input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                               **{keyword: cache})
-                cache = output.get(keyword) if hasattr(output, "get") else None
-                cached = cache is not None
-            else:
-                output = model(input_ids=ids, attention_mask=attention,
-                               position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
-            token = torch.where(done, eos_id, output.logits[:, -1].argmax(-1))[:, None]
-            drawn.append(token)
-            done |= token[:, 0] == eos_id
-            if bool(done.all()):
-                break
-            step_ids, ids = token, torch.cat([ids, token], dim=1)
-            attention = torch.cat([attention, torch.ones_like(token)], dim=1)
-            positions = positions[:, -1:] + (~done[:, None]).long()
-    return torch.cat(drawn, dim=1).tolist()
+    """Greedy continuations for a model without HF ``generate`` (a defense's ensemble or logits wrapper), decoded
+    from its ``forward()`` as ``generate`` would (:func:`kdbench.training.decoding.decode`: the model's KV cache when
+    its forward returns one, the ensemble's being its members'); the caller cuts each row at its first EOS."""
+    return decode([model], prompts, [max_new_tokens] * len(prompts), lambda logits: logits[0].argmax(-1, keepdim=True),
+                  eos_id=eos_id, pad_id=pad_id, device=device)
