@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kdbench.cli import main
 from kdbench.core.errors import KdbenchError
-from kdbench.leaderboard.boards import load_board, select_boards
+from kdbench.leaderboard.boards import load_board, select_blocks, select_boards
 from kdbench.run.grid import load_grid_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +85,19 @@ def test_unknown_board_gets_did_you_mean(tmp_path: Path) -> None:
     _board(tmp_path, "default", "grid: {tasks: [a], attacks: [loss]}\nblocks: {x: {distillers: [kd]}}")
     with pytest.raises(KdbenchError, match="Did you mean 'default'"):
         select_boards(tmp_path, ("defualt",))
+
+
+def test_a_study_runs_in_parts_by_block(tmp_path: Path) -> None:
+    _board(tmp_path, "default", "grid: {tasks: [a], attacks: [loss]}\n"
+                                "blocks: {techniques: {distillers: [kd]}, defenses: {distillers: [gkd]}}")
+    _board(tmp_path, "dolly", "grid: {tasks: [a], attacks: [loss]}\nblocks: {techniques: {distillers: [kd]}}")
+    boards = select_boards(tmp_path, ())
+    cut = select_blocks(boards, ("defenses",))
+    assert [(b.name, [k.name for k in b.blocks]) for b in cut] == [("default", ["defenses"])]
+    assert cut[0].blocks[0].grid["distillers"] == ["gkd"]
+    assert select_blocks(boards, ()) == boards
+    with pytest.raises(KdbenchError, match="Did you mean 'defenses'"):
+        select_blocks(boards, ("defence",))
 
 
 def test_reproduce_runs_every_block_appends_with_provenance_builds_the_site_and_resumes(tmp_path: Path) -> None:

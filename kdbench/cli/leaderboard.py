@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kdbench.core.errors import KdbenchError, OutputError
-from kdbench.leaderboard.boards import select_boards, write_grid_files
+from kdbench.leaderboard.boards import select_blocks, select_boards, write_grid_files
 from kdbench.leaderboard.ranking import DEFAULT_METRIC, DEFAULT_UTILITY_FLOOR, RISK_METRICS, Record
 from kdbench.leaderboard.replicates import measurement
 from kdbench.leaderboard.site import build_site, prepare_records
@@ -194,6 +194,8 @@ def add(results: tuple[Path, ...], into: Path, include_member_text: bool) -> Non
 @click.argument("boards", nargs=-1)
 @click.option("--boards-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), default=DEFAULT_BOARDS,
               show_default=True, help="Where the board files are.")
+@click.option("--block", "blocks", multiple=True, metavar="NAME",
+              help="Run only this block of the boards (repeatable), to run a study in parts.")
 @click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUNS,
               show_default=True, help="Run directories, one per board block (resumed when run again).")
 @click.option("--into", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_INTO, show_default=True,
@@ -205,15 +207,15 @@ def add(results: tuple[Path, ...], into: Path, include_member_text: bool) -> Non
                    "skipped without it.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", "ray_address", help="With --executor ray: the cluster address.")
-def reproduce(boards: tuple[str, ...], boards_dir: Path, runs_dir: Path, into: Path, site: Path,
-              data_dir: Path | None, executor: str, ray_address: str | None) -> None:
+def reproduce(boards: tuple[str, ...], boards_dir: Path, blocks: tuple[str, ...], runs_dir: Path, into: Path,
+              site: Path, data_dir: Path | None, executor: str, ray_address: str | None) -> None:
     """Run the published study (BOARDS, default all), append its records to --into and build the site.
 
     Each block of a board is one `kdbench run --grid`; a block that ran before resumes from its run directory
     and the cache, so an interrupted study is finished by running the same command again.
     """
     console = _console()
-    selected = select_boards(boards_dir, boards)
+    selected = select_blocks(select_boards(boards_dir, boards), blocks)
     failed_blocks: list[str] = []
     for board in selected:
         if board.needs_data_dir and data_dir is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,21 @@ def select_boards(directory: Path, names: tuple[str, ...]) -> list[Board]:
         if name not in available:
             raise KdbenchError(f"{directory}: " + unknown_name_message("board", name, tuple(available)))
     return [load_board(available[name]) for name in (names or tuple(available))]
+
+
+def select_blocks(boards: list[Board], names: tuple[str, ...]) -> list[Board]:
+    """The boards cut to the named blocks (all blocks when none are named), so a study can be run in parts.
+
+    Every name must be a block of some selected board; a board with none of them is left out.
+    """
+    if not names:
+        return boards
+    known = tuple(dict.fromkeys(block.name for board in boards for block in board.blocks))
+    for name in names:
+        if name not in known:
+            raise KdbenchError(unknown_name_message("block", name, known))
+    cut = [replace(board, blocks=tuple(b for b in board.blocks if b.name in names)) for board in boards]
+    return [board for board in cut if board.blocks]
 
 
 def load_board(path: Path) -> Board:
