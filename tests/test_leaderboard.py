@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 
 from kdbench.cli import main
 from kdbench.cli.leaderboard import make_server
-from kdbench.leaderboard.site import resource_root, slug, strip_member_text
+from kdbench.leaderboard.ranking import group_cells
+from kdbench.leaderboard.site import resource_root, slug, strip_member_text, variant_labels
 from kdbench.results.records import load_records
 from tests.helpers import make_record
 
@@ -189,6 +190,22 @@ def test_a_defended_entry_shows_its_cost_against_the_same_distiller_undefended(t
     assert f'href="../{plain}"' in entry and "epsilon_spent" in entry
     lone = next(text for name, text in site_pages.items() if "--gkd--dp-sgd-" in name)
     assert "No undefended entry" in lone
+
+
+def test_variants_are_labelled_by_the_parameters_that_differ_without_their_defense_prefix() -> None:
+    """Two DP-SGD budgets of kd read "epsilon=1.0" / "epsilon=8.0" (the entry already says dp-sgd); two kd
+    temperatures keep the ``distiller_params.`` prefix (nothing in the name says which component owns it); a
+    name with one variant gets no label."""
+    records = [
+        make_record("kd", "dp-sgd", defense_params={"dp-sgd": {"epsilon": 1.0, "max_grad_norm": 1.0}}),
+        make_record("kd", "dp-sgd", defense_params={"dp-sgd": {"epsilon": 8.0, "max_grad_norm": 1.0}}),
+        make_record("kd", "none", distiller_params={"temperature": 1.0}),
+        make_record("kd", "none", distiller_params={"temperature": 2.0}),
+        make_record("gkd", "none"),
+    ]
+    labels = sorted(variant_labels(group_cells(records)).values())
+    assert labels == ["", "distiller_params.temperature=1.0", "distiller_params.temperature=2.0", "epsilon=1.0",
+                      "epsilon=8.0"]
 
 
 def test_rebuild_replaces_a_previous_site_but_not_a_foreign_directory(site: Path, tmp_path: Path) -> None:

@@ -573,8 +573,14 @@ def variant_labels(cells: Sequence[Cell]) -> dict[CellKey, str]:
         names = sorted({n for flat in flats.values() for n in flat})
         differing = [n for n in names if len({flat.get(n) for flat in flats.values()}) > 1]
         for key, flat in flats.items():
-            labels[key] = ", ".join(f"{n}={flat.get(n, '—')}" for n in differing)
+            labels[key] = ", ".join(f"{_short(n, key)}={flat.get(n, '—')}" for n in differing)
     return labels
+
+
+def _short(name: str, key: CellKey) -> str:
+    """A parameter's name without the prefix the entry's own defense already says (``epsilon``, not
+    ``defense_params.dp-sgd.epsilon``)."""
+    return name.removeprefix(f"defense_params.{key.defense}.") if key.defense else name
 
 
 @dataclass
