@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from kdbench.cli import main
 from kdbench.core.errors import KdbenchError
-from kdbench.leaderboard.boards import load_board, select_blocks, select_boards
+from kdbench.leaderboard.boards import load_board, select_blocks, select_boards, write_grid_files
 from kdbench.run.grid import load_grid_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,6 @@ def test_shipped_boards_load_and_expand_to_valid_grid_files(tmp_path: Path) -> N
     assert techniques["seeds"] == [0, 1, 2]
     assert set(techniques["tasks"]) == {"synthetic-pii", "synthetic-pii-private"}
     from kdbench.core.registry import get_registry
-    from kdbench.leaderboard.boards import write_grid_files
 
     defense_names = {spec.split(":")[0] for spec in defenses["defenses"]}
     assert defense_names == set(get_registry().names("defenses")) - {"none"}
@@ -187,10 +187,6 @@ def test_an_edited_board_moves_the_stale_run_of_its_block_aside(tmp_path: Path) 
     """`kdbench run` refuses a run directory of another configuration; after the board is edited, the changed
     block's old run is kept under <block>.superseded-1 and the block starts afresh; an unchanged block keeps its run
     directory (it resumes)."""
-    import dataclasses
-
-    from kdbench.leaderboard.boards import load_board, write_grid_files
-
     board = load_board(REPO / "leaderboard" / "boards" / "default.yaml")
     runs = tmp_path / "runs"
     first = list(write_grid_files(board, runs))

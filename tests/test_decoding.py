@@ -63,3 +63,24 @@ def test_the_ensembles_cached_steps_equal_rereading_the_sequence() -> None:
                            attention_mask=torch.ones((1, t + 1), dtype=torch.long))
             steps.append(out.logits[0, -1])
     torch.testing.assert_close(torch.stack(steps), whole[2:], rtol=1e-4, atol=1e-5)
+
+
+def test_a_pass_through_wrapper_is_handed_no_cache_before_there_is_one() -> None:
+    """A wrapper whose forward takes ``**kwargs`` (no ``cache`` parameter) passes them on to the model inside. The
+    first step has no cache yet, so it must name none: ``past_key_values=None`` handed to a transformers 5 model is
+    a deprecated name (a FutureWarning per call), and naming ``cache`` would be wrong for older ones. Later steps
+    pass the cache the model returned, so the tokens are what HF ``generate`` decodes."""
+    model = tiny_model(seed=4).eval()
+    calls: list[set[str]] = []
+
+    class PassThrough(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kwargs: Any) -> Any:
+            calls.append(set(kwargs))
+            return self.inner(**kwargs)
+
+    assert greedy_of(PassThrough(), eos_id=-1) == greedy_of(model, eos_id=-1)
+    assert calls and not calls[0] & {"cache", "past_key_values"}

@@ -22,6 +22,19 @@ def cache_keyword(model: Any) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def returned_cache(output: Any, keyword: str) -> tuple[Any, str]:
+    """The KV cache a forward returned (None: it returns none) and the name to hand it back under. The output's own
+    ``cache`` key wins over ``keyword``, the signature's guess: a pass-through wrapper's ``**kwargs`` say nothing
+    of the model inside, and handing a transformers 5 model ``past_key_values`` works but warns on every call."""
+    if not hasattr(output, "get"):
+        return None, keyword
+    for name in dict.fromkeys(("cache", keyword)):
+        found = output.get(name)
+        if found is not None:
+            return found, name
+    return None, keyword
+
+
 @torch.no_grad()
 def decode(
     models: Sequence[Any],
@@ -60,9 +73,12 @@ def decode(
                 output = model(input_ids=all_ids, attention_mask=attention,
                                position_ids=(attention.cumsum(-1) - 1).clamp(min=0))
             else:
+                # no cache yet: name none (a wrapper without ``cache`` in its signature would pass the deprecated
+                # ``past_key_values=None`` on to a transformers 5 model, which warns)
+                previous = {keywords[i]: caches[i]} if caches[i] is not None else {}
                 output = model(input_ids=step_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                               **{keywords[i]: caches[i]})
-                caches[i] = output.get(keywords[i]) if hasattr(output, "get") else None
+                               **previous)
+                caches[i], keywords[i] = returned_cache(output, keywords[i])
                 uncached[i] = caches[i] is None
             logits.append(output.logits[:, -1])
         token = choose(logits)
